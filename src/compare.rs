@@ -610,9 +610,10 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
                 y.mtime.rfc3339()
             ));
         }
-        // A directory's are compared where both sides know them: a manifest from
-        // before 2026-12-07 did not record them (`Entry::xattrs_known`).
-        if m.xattrs {
+        // Manifest v1 has no xattr digest for directories (a directory's entry is
+        // written before its own attributes are read), so they are compared for files,
+        // symlinks and special files only.
+        if m.xattrs && x.kind != Kind::Dir {
             detail.push("extended attributes".into());
         }
         if detail.is_empty() {

@@ -40,8 +40,6 @@ pub struct Entry {
     /// BLAKE3 of the content (regular files).
     pub hash: Option<blake3::Hash>,
     /// Digest of the extended attributes (see `fsx::xattr_digest`), `None` if there are none.
-    /// A directory's is [`dir_xattrs`]' (field 10, `0` when it has none); `None` for a
-    /// directory means not recorded (manifests before 2026-12-07): see [`Entry::xattrs_known`].
     pub xattrs: Option<String>,
     /// The source's inode number: a different one under the same name means the file
     /// was replaced, even if size and times match.
@@ -100,18 +98,6 @@ impl Entry {
     /// are compared (docs/format.md).
     pub fn records_refused(kind: Kind) -> bool {
         matches!(kind, Kind::File | Kind::Fifo | Kind::Socket)
-    }
-
-    /// The digest of the entry's extended attributes as recorded (`Some(None)`: none),
-    /// or `None` when the manifest does not say: a directory's field 10 is `-` in
-    /// manifests before 2026-12-07, whose writers did not record it; since, it is `0`
-    /// ([`DIR_NO_XATTRS`]) for a directory without any (docs/format.md).
-    pub fn xattrs_known(&self) -> Option<Option<&str>> {
-        match (self.kind, self.xattrs.as_deref()) {
-            (Kind::Dir, None) => None,
-            (Kind::Dir, Some(DIR_NO_XATTRS)) => Some(None),
-            (_, x) => Some(x),
-        }
     }
 
     /// The text line (without newline).
@@ -228,17 +214,6 @@ fn parse_refused(s: &str) -> Option<Vec<Vec<u8>>> {
     s.split(',')
         .map(|n| unescape(n).ok().filter(|n| !n.is_empty()))
         .collect()
-}
-
-/// Field 10 of a directory without extended attributes (since 2026-12-07; `-` there
-/// means not recorded). Not a digest (32 hex digits), and read by readers before it as
-/// a digest they never compare: they compare no directory's attributes.
-pub const DIR_NO_XATTRS: &str = "0";
-
-/// A directory's field 10 for attributes `xs` (what its snapshot copy holds): their
-/// digest, or [`DIR_NO_XATTRS`].
-pub fn dir_xattrs(xs: &crate::fsx::Xattrs) -> String {
-    crate::fsx::xattr_digest(xs).unwrap_or_else(|| DIR_NO_XATTRS.into())
 }
 
 /// A directory's key in the index: the first 8 bytes of the BLAKE3 of its path (public

@@ -471,10 +471,6 @@ struct Node<D> {
 struct Sub {
     /// Its `lstat` in the snapshot.
     meta: Meta,
-    /// Its extended attributes' digest as its manifest entry records it (`Some(None)`:
-    /// none), checked against the snapshot directory's own when it is opened; `None`:
-    /// not recorded (no manifest, or one from before 2026-12-07).
-    want_xattrs: Option<Option<String>>,
     /// The restore creates it in the target (else a directory is there already).
     create: bool,
     apply_meta: bool,
@@ -1146,11 +1142,6 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
             && let Some(rec) = reader.recorded_dir(&start.node.src)
         {
             r.meta_against_record(&start.node.src_rel, &rec, &mut start.node.meta, Vec::new());
-            // Its extended attributes as well, where the record has them.
-            if let Some(want) = rec.xattrs_known() {
-                let xs = std::mem::take(&mut start.node.xattrs);
-                start.node.xattrs = r.checked_xattrs(&start.node.src_rel, xs, want);
-            }
         }
         (whole_dir && start.node.apply_meta && start.node.dst_rel.is_root())
             .then(|| (start.node.meta, start.node.xattrs.clone()))
@@ -2051,13 +2042,6 @@ impl<R: SnapshotReader> Restore<'_, R> {
             self.problem(&src_rel, kind, "read extended attributes", e);
             Vec::new()
         });
-        // The snapshot directory's own, read before anything under it is restored (its
-        // metadata is applied after its children), checked against its record as a
-        // file's are: where they differ, none is restored.
-        let xattrs = match &sub.want_xattrs {
-            Some(want) => self.checked_xattrs(&src_rel, xattrs, want.as_deref()),
-            None => xattrs,
-        };
         let ours = sub.create || self.unfinished.created_before(&rel);
         let (may_inherit, had_xattrs) = match &dst {
             Some(_) if self.opts.dry_run => (false, Some(Vec::new())),
@@ -2359,18 +2343,14 @@ impl<R: SnapshotReader> Restore<'_, R> {
             None => None,
         };
         if m.kind == Kind::Dir {
-            let want = rec
-                .as_ref()
-                .filter(|_| recorded)
-                .and_then(|r| r.xattrs_known().map(|x| x.map(str::to_string)));
-            return self.dir_entry(&at, m, existing, want);
+            return self.dir_entry(&at, m, existing);
         }
         // Recorded with extended attributes: read now, to check them against the
         // record's digest (an entry recorded without any has none restored, and none
         // is read).
         let xattrs = match rec.as_ref().and_then(|r| r.xattrs.as_ref()) {
             Some(want) if recorded => match self.reader.xattrs(&node.src, Some(&name)) {
-                Ok(xs) => Some(self.checked_xattrs(&at.src_rel, xs, Some(want))),
+                Ok(xs) => Some(self.checked_xattrs(&at.src_rel, xs, want)),
                 // Not read again, unchecked, through the file: none is restored.
                 Err(e) => {
                     self.problem(
@@ -2517,9 +2497,9 @@ impl<R: SnapshotReader> Restore<'_, R> {
     /// differ, none is restored (the manifest keeps a digest, not the values, so the
     /// recorded ones cannot be given back, and an attribute changed in the store, a
     /// file capability say, must not reach the target); a problem of the entry.
-    fn checked_xattrs(&self, rel: &RelPath, xs: Xattrs, want: Option<&str>) -> Xattrs {
+    fn checked_xattrs(&self, rel: &RelPath, xs: Xattrs, want: &str) -> Xattrs {
         match fsx::xattr_digest(&xs) {
-            d if d.as_deref() == want => xs,
+            Some(d) if d == want => xs,
             _ => {
                 self.problem(
                     rel,
@@ -2534,13 +2514,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
 
     /// A directory of the snapshot: decides whether to create it in the target (or
     /// replace what is in the way) and queues it.
-    fn dir_entry(
-        &self,
-        at: &At<'_, R::Dir>,
-        m: Meta,
-        existing: Option<Meta>,
-        want_xattrs: Option<Option<String>>,
-    ) -> Step<Option<Sub>> {
+    fn dir_entry(&self, at: &At<'_, R::Dir>, m: Meta, existing: Option<Meta>) -> Step<Option<Sub>> {
         let mode = self.opts.mode;
         let (create, apply_meta) = match existing {
             None => (true, true),
@@ -2577,7 +2551,6 @@ impl<R: SnapshotReader> Restore<'_, R> {
         }
         let sub = Sub {
             meta: m,
-            want_xattrs,
             create,
             apply_meta: apply_meta && !self.opts.dry_run,
         };

@@ -40,7 +40,7 @@ impl<'a> Facts<'a> {
             mtime: e.mtime,
             rdev: e.rdev,
             target: e.target.as_deref(),
-            xattrs: e.xattrs_known(),
+            xattrs: Some(e.xattrs.as_deref()),
         }
     }
 

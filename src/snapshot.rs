@@ -234,11 +234,7 @@ impl<'a> TreeReader<'a> {
                 }
                 // By name (one `llistxattr`), not by opening the file (open + list + close).
                 let xs = fsx::read_xattrs(&XattrTarget::At(d, name));
-                e.xattrs = match xs {
-                    // A directory's field as its manifest entry has it (`0`: none).
-                    Ok(x) if m.kind == Kind::Dir => Some(manifest::dir_xattrs(&x)),
-                    x => x.ok().and_then(|x| fsx::xattr_digest(&x)),
-                };
+                e.xattrs = xs.ok().and_then(|x| fsx::xattr_digest(&x));
             }
             // With a manifest, its record says which entries were one inode at the
             // source (every file of a snapshot has several links: the older snapshots'),

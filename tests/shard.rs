@@ -4495,25 +4495,6 @@ fn an_xattr_the_store_refuses_on_a_spine_directory_is_a_problem_as_in_a_single_n
     // All three are spine directories here (without finalize's report, none of them
     // was listed).
     assert_eq!(refused(&rec["problems"]), single, "{rec}");
-    // Their entries record what the copies hold (not the refused attribute): both
-    // snapshots verify clean.
-    for d in [mnt.join("single"), mnt.join("shard")] {
-        let out = snapring(
-            &[
-                "verify".as_ref(),
-                "--dest".as_ref(),
-                d.as_os_str(),
-                "daily.0".as_ref(),
-            ],
-            &[],
-        );
-        assert!(
-            out.status.success(),
-            "verify {}: {}",
-            d.display(),
-            text(&out)
-        );
-    }
 }
 
 /// Files whose `user.*` attribute the store refuses (latencyfs `--no-user-xattrs`) are
@@ -5723,61 +5704,6 @@ fn verify_finds_a_file_removed_from_the_runs_tree_before_finalize_published() {
             && said.contains("0 corrupt, 1 missing, 0 unexpected, 0 metadata"),
         "{said}"
     );
-}
-
-/// A shard run's manifest records its directories' extended attributes as a
-/// single-node run's does (since 2026-12-07): the spine directories' (root, `deep`,
-/// `flat`: finalize's entries) and those inside units (the workers' parts), so
-/// `verify` is clean, and one changed in the snapshot afterwards is damage it names.
-#[test]
-fn a_shard_runs_directories_record_their_xattrs_and_verify_finds_one_changed() {
-    let e = env();
-    let dirs = ["", "deep", "deep/d1", "deep/d0/s0", "flat"];
-    for d in dirs {
-        set_xattr(&e.src.join(d), "user.k", d.as_bytes());
-    }
-    all_ok(&run_workers(&e, 2, "dx1", &[], |_| vec![]), "dx1");
-    check_run(&e, "dx1");
-    check_snapshot(&e, "dx1");
-    let snap = e.dest.join("daily.0");
-    for d in dirs {
-        set_xattr(&snap.join(d), "user.k", b"changed");
-    }
-    let out = snapring(
-        &[
-            "verify".as_ref(),
-            "--json".as_ref(),
-            "--dest".as_ref(),
-            e.dest.as_os_str(),
-            "daily.0".as_ref(),
-        ],
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut got: Vec<String> = v[0]["differences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| {
-            d["detail"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|x| x == "extended attributes")
-        })
-        .map(|d| d["path"].as_str().unwrap().to_string())
-        .collect();
-    got.sort();
-    // Not the root: verify compares no metadata of the snapshot's root; a restore
-    // checks it (`a_shard_runs_snapshot_restores_whole_and_complete`).
-    let mut want: Vec<String> = dirs
-        .iter()
-        .filter(|d| !d.is_empty())
-        .map(|d| d.to_string())
-        .collect();
-    want.sort();
-    assert_eq!(got, want, "{v}");
 }
 
 /// A shard run's snapshot restores whole, `complete`, equal to the source: its root

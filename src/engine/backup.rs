@@ -700,8 +700,6 @@ struct Walked<S> {
     window_ended: bool,
     /// The root's metadata as the walk gave it to the snapshot ([`Walk::root_meta`]).
     root_meta: Option<fsx::Meta>,
-    /// The root's extended attributes' field ([`Walk::root_xattrs`]).
-    root_xattrs: Option<String>,
 }
 
 impl<S> Walked<S> {
@@ -711,7 +709,6 @@ impl<S> Walked<S> {
     fn root_entry(&self, before: &fsx::Meta) -> Entry {
         let mut e = Entry::from_meta(b".", self.root_meta.as_ref().unwrap_or(before));
         e.group = None;
-        e.xattrs = self.root_xattrs.clone();
         e
     }
 }
@@ -754,7 +751,6 @@ fn walk_into<S: Sink + Send + 'static>(
                 fatal: Some(e),
                 window_ended: false,
                 root_meta: None,
-                root_xattrs: None,
             };
         }
     };
@@ -780,12 +776,11 @@ fn walk_into<S: Sink + Send + 'static>(
         rep.phases.walk_copy.seconds
     );
     match got {
-        Some((sink, fatal, (root_meta, root_xattrs))) => Walked {
+        Some((sink, fatal, root_meta)) => Walked {
             sink: Some(sink),
             fatal,
             window_ended,
             root_meta,
-            root_xattrs,
         },
         None => {
             counters.walk_abandoned.store(true, Ordering::Relaxed);
@@ -794,7 +789,6 @@ fn walk_into<S: Sink + Send + 'static>(
                 fatal: None,
                 window_ended,
                 root_meta: None,
-                root_xattrs: None,
             }
         }
     }
@@ -802,7 +796,7 @@ fn walk_into<S: Sink + Send + 'static>(
 
 /// What the walk thread hands back: the sink, the first fatal error and the root's
 /// metadata as its listing kept it ([`Walk::root_meta`]).
-type WalkResult<S> = (S, Option<Error>, (Option<fsx::Meta>, Option<String>));
+type WalkResult<S> = (S, Option<Error>, Option<fsx::Meta>);
 
 /// Starts the walk on a thread of its own, which owns everything it uses (see
 /// `walk_into`); its result arrives on the returned channel.
@@ -837,7 +831,7 @@ fn spawn_walk<S: Sink + Send + 'static>(
         }
         walk.run(st.src_fd, st.src_meta, jobs);
         let fatal = walk.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let root_meta = (walk.root_meta(), walk.root_xattrs());
+        let root_meta = walk.root_meta();
         drop(walk);
         if let Some(fs) = &one_fs {
             let m = fs.skipped();

@@ -100,9 +100,6 @@ pub struct Walk<'a, S: Sink> {
     root_meta: Mutex<Option<Meta>>,
     /// Whether a fatal error no longer counts (see [`Walk::moot_if`]).
     moot: Option<Moot<'a>>,
-    /// The root directory's extended attributes' field (`manifest::dir_xattrs`), as its
-    /// snapshot copy holds them, once its metadata is applied.
-    root_xattrs: Mutex<Option<String>>,
 }
 
 /// Says whether a walk's fatal error no longer counts ([`Walk::moot_if`]).
@@ -123,21 +120,6 @@ enum LinkState {
     Done(Box<(RelPath, Entry, Meta)>),
     /// The first path failed; later ones process themselves.
     Failed,
-}
-
-/// A subdirectory to walk into: its `lstat` from its parent's listing, and its extended
-/// attributes read then, by name (recorded in its entry in the parent's block, which is
-/// written before the subdirectory is opened; `None` for the walk's root, read once it
-/// is open). The read moved from `open` to the parent's `visit`: no system call more.
-pub struct SubDir {
-    pub meta: Meta,
-    pub xattrs: Option<Xattrs>,
-}
-
-impl From<Meta> for SubDir {
-    fn from(meta: Meta) -> SubDir {
-        SubDir { meta, xattrs: None }
-    }
 }
 
 /// One directory being backed up.
@@ -190,7 +172,6 @@ impl<'a, S: Sink> Walk<'a, S> {
             fence: None,
             root_meta: Mutex::new(None),
             moot: None,
-            root_xattrs: Mutex::new(None),
         }
     }
 
@@ -211,42 +192,6 @@ impl<'a, S: Sink> Walk<'a, S> {
         *self.root_meta.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The root directory's extended attributes' field for the manifest's root entry
-    /// (`None`: its metadata was not applied, as when the walk was stopped).
-    pub fn root_xattrs(&self) -> Option<String> {
-        self.root_xattrs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Directory `rel`'s metadata was applied, `refused` of `xattrs` refused by the
-    /// store: its entry records what its copy holds. Only when something was refused
-    /// (rare: a store without them) is the parent's entry corrected; the root's field is
-    /// kept for the root entry.
-    fn dir_applied(
-        &self,
-        parent: Option<&Node<S::Dir>>,
-        rel: &RelPath,
-        meta: &Meta,
-        xattrs: &Xattrs,
-        refused: &[(Vec<u8>, &str)],
-    ) {
-        self.refused_xattrs(rel, refused);
-        let Some(parent) = parent else {
-            let kept = kept_xattrs(xattrs.clone(), refused);
-            *self.root_xattrs.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(manifest::dir_xattrs(&kept));
-            return;
-        };
-        if refused.is_empty() {
-            return;
-        }
-        let kept = kept_xattrs(xattrs.clone(), refused);
-        let fresh = self.dir_entry(rel.file_name(), meta, &kept);
-        self.correct_dir(parent, rel.file_name(), fresh);
-    }
-
     /// A directory listed (`meta`: the stat its listing kept, which its `finish`
     /// applies): its entry in its parent's block, made from the parent's `lstat` of it
     /// when the parent was listed, takes that stat when it differs. The entry is still
@@ -255,14 +200,7 @@ impl<'a, S: Sink> Walk<'a, S> {
     /// entry between its parent's listing and its own had its later times in the
     /// snapshot and its earlier ones in the manifest: `verify` called every such
     /// snapshot damaged for as long as it was kept.
-    fn relisted(
-        &self,
-        parent: Option<&Node<S::Dir>>,
-        name: &[u8],
-        was: &Meta,
-        meta: &Meta,
-        xattrs: &Xattrs,
-    ) {
+    fn relisted(&self, parent: Option<&Node<S::Dir>>, name: &[u8], was: &Meta, meta: &Meta) {
         let Some(parent) = parent else {
             *self.root_meta.lock().unwrap_or_else(|e| e.into_inner()) = Some(*meta);
             return;
@@ -272,24 +210,10 @@ impl<'a, S: Sink> Walk<'a, S> {
         if (was.mtime, was.ctime) == (meta.mtime, meta.ctime) {
             return;
         }
-        let fresh = self.dir_entry(name, meta, xattrs);
-        self.correct_dir(parent, name, fresh);
-    }
-
-    /// A directory's entry in its parent's block: its stat (the owner it will hold),
-    /// and its extended attributes' field (`xattrs`: those its snapshot copy holds).
-    fn dir_entry(&self, name: &[u8], meta: &Meta, xattrs: &Xattrs) -> Entry {
-        let mut e = Entry::from_meta(name, meta);
+        let mut fresh = Entry::from_meta(name, meta);
         if let Some(owner) = self.sink.dir_owner_held(meta) {
-            (e.uid, e.gid) = owner;
+            (fresh.uid, fresh.gid) = owner;
         }
-        e.xattrs = Some(manifest::dir_xattrs(xattrs));
-        e
-    }
-
-    /// Replaces directory `name`'s entry in `parent`'s block by `fresh`: in the block
-    /// still held, or, once written, as a correction of the manifest.
-    fn correct_dir(&self, parent: &Node<S::Dir>, name: &[u8], fresh: Entry) {
         let mut block = parent.state.block.lock().unwrap_or_else(|e| e.into_inner());
         let (entries, written) = &mut *block;
         if *written {
@@ -376,7 +300,7 @@ impl<'a, S: Sink> Walk<'a, S> {
     pub fn run_at(&self, src: OwnedFd, meta: Meta, rel: RelPath, threads: usize) {
         *self.root_probe.lock().unwrap_or_else(|e| e.into_inner()) = src.try_clone().ok();
         *self.root.lock().unwrap_or_else(|e| e.into_inner()) = Some(src);
-        traverse::walk_at(self, meta.into(), rel, threads, self.gate, self.cancel);
+        traverse::walk_at(self, meta, rel, threads, self.gate, self.cancel);
     }
 
     /// Records the run's fatal error (the first one wins; later ones are usually the
@@ -533,7 +457,6 @@ impl<'a, S: Sink> Walk<'a, S> {
         name: &[u8],
         rel: &RelPath,
         meta: &Meta,
-        xattrs: &Xattrs,
     ) -> Option<(OwnedFd, S::Dir)> {
         let _ = failpoint::hit("walk.open_dir");
         let src = match fsx::open_same_dir(b(&parent.state.src), name, (meta.dev, meta.ino), false)
@@ -568,11 +491,8 @@ impl<'a, S: Sink> Walk<'a, S> {
                         } else {
                             self.source_error(rel, "open directory", &e);
                         }
-                        // The attributes its entry records (read with its `lstat`).
-                        match self.sink.finish_dir(&d, meta, xattrs) {
-                            Ok(refused) => {
-                                self.dir_applied(Some(parent), rel, meta, xattrs, &refused)
-                            }
+                        match self.sink.finish_dir(&d, meta, &Vec::new()) {
+                            Ok(refused) => self.refused_xattrs(rel, &refused),
                             Err(e) => self.dest_error(rel, "set directory metadata", e),
                         }
                     }
@@ -899,16 +819,11 @@ impl<'a, S: Sink> Walk<'a, S> {
         Counters::add(&self.counters.dirs_total, 1);
         self.keep_prev_contents(&out, rel);
         let xattrs = self.sink.prev_xattrs(parent, name).unwrap_or_default();
-        let mut e = prev.clone();
         match self.sink.finish_dir(&out, &meta_of(prev), &xattrs) {
-            Ok(refused) => {
-                self.refused_xattrs(rel, &refused);
-                // What the copy holds (the previous one's, less any refused).
-                e.xattrs = Some(manifest::dir_xattrs(&kept_xattrs(xattrs, &refused)));
-            }
-            Err(err) => self.dest_error(rel, "set directory metadata", err),
+            Ok(refused) => self.refused_xattrs(rel, &refused),
+            Err(e) => self.dest_error(rel, "set directory metadata", e),
         }
-        Some(e)
+        Some(prev.clone())
     }
 
     /// A shard unit whose directory (`rel`, the walk's root) could not be opened (`e`:
@@ -1740,19 +1655,17 @@ impl<S: Sink> Visitor for Walk<'_, S> {
     type State = DirState<S::Dir>;
     type Item = Vec<u8>;
     /// The subdirectory's `lstat`, from its parent's listing.
-    type Sub = SubDir;
+    type Sub = Meta;
 
     fn open(
         &self,
         parent: Option<&Node<S::Dir>>,
         name: &[u8],
         rel: &RelPath,
-        sub: SubDir,
+        meta: Meta,
     ) -> Opened<Self::State, Vec<u8>> {
-        let SubDir { meta, xattrs: read } = sub;
-        let read = read.unwrap_or_default();
         let (src, out) = match parent {
-            Some(p) => match self.open_sub(p, name, rel, &meta, &read) {
+            Some(p) => match self.open_sub(p, name, rel, &meta) {
                 Some(x) => x,
                 None => return Opened::Skip,
             },
@@ -1773,15 +1686,10 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             self.fail(io_error(e, "walk", rel.as_path()));
             return Opened::Skip;
         }
-        let read_own = || {
-            fsx::read_xattrs(&XattrTarget::Fd(b(&src))).unwrap_or_else(|e| {
-                self.problem(rel, ProblemKind::Metadata, "read extended attributes", e);
-                Vec::new()
-            })
-        };
-        // A subdirectory's were read with its `lstat` (its parent's `visit`); the root's
-        // here.
-        let mut xattrs = if parent.is_some() { read } else { read_own() };
+        let xattrs = fsx::read_xattrs(&XattrTarget::Fd(b(&src))).unwrap_or_else(|e| {
+            self.problem(rel, ProblemKind::Metadata, "read extended attributes", e);
+            Vec::new()
+        });
         let mut meta = meta;
         let prev_entries = match self.prev_manifest {
             Some(m) if self.sink.has_prev(&out) => m.lookup(rel).unwrap_or_else(|e| {
@@ -1802,12 +1710,7 @@ impl<S: Sink> Visitor for Walk<'_, S> {
         };
         let was = meta;
         let (mut names, whole) = self.list(&src, rel, &mut meta);
-        if parent.is_some() && (was.mtime, was.ctime) != (meta.mtime, meta.ctime) {
-            // Changed since its `lstat` (an attribute too, maybe): read again, from the
-            // directory open, for the snapshot and for its corrected entry.
-            xattrs = read_own();
-        }
-        self.relisted(parent, name, &was, &meta, &xattrs);
+        self.relisted(parent, name, &was, &meta);
         let mut unlisted = std::collections::HashSet::new();
         if !whole && let Some(prev) = &prev_entries {
             // The listing failed (at its start or halfway): the previous snapshot's
@@ -1858,9 +1761,8 @@ impl<S: Sink> Visitor for Walk<'_, S> {
         Opened::Dir(state, names)
     }
 
-    fn visit(&self, dir: &Arc<Node<S::Dir>>, name: Vec<u8>) -> Step<SubDir> {
+    fn visit(&self, dir: &Arc<Node<S::Dir>>, name: Vec<u8>) -> Step<Meta> {
         let rel = dir.rel.join(&name);
-        let mut sub_xattrs = None;
         let m = match fsx::lstat_at(b(&dir.state.src), &name) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -1894,17 +1796,12 @@ impl<S: Sink> Visitor for Walk<'_, S> {
                 return Step::Next;
             }
             Counters::add(&self.counters.dirs_total, 1);
-            // Its extended attributes, by name (one `llistxattr`), for its entry: read
-            // here, not once it is open (its entry is in this block, written before
-            // then). The owner the directory will hold if this process cannot give it
-            // its own (its `set owner` problem is reported when its metadata is set).
-            let xs =
-                fsx::read_xattrs(&XattrTarget::At(b(&dir.state.src), &name)).unwrap_or_else(|e| {
-                    self.problem(&rel, ProblemKind::Metadata, "read extended attributes", e);
-                    Vec::new()
-                });
-            let e = self.dir_entry(&name, &m, &xs);
-            sub_xattrs = Some(xs);
+            let mut e = Entry::from_meta(&name, &m);
+            // The owner the directory will hold if this process cannot give it its own
+            // (its `set owner` problem is reported when its metadata is set).
+            if let Some(owner) = self.sink.dir_owner_held(&m) {
+                (e.uid, e.gid) = owner;
+            }
             e
         } else {
             match self.entry(dir, &name, &rel, &m) {
@@ -1919,13 +1816,7 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             .0
             .push(entry);
         if m.kind == Kind::Dir {
-            Step::Descend(
-                name,
-                SubDir {
-                    meta: m,
-                    xattrs: sub_xattrs,
-                },
-            )
+            Step::Descend(name, m)
         } else {
             Step::Next
         }
@@ -1935,19 +1826,21 @@ impl<S: Sink> Visitor for Walk<'_, S> {
         self.one_fs
     }
 
-    fn device(&self, sub: &SubDir) -> Option<u64> {
-        Some(sub.meta.dev)
+    fn device(&self, meta: &Meta) -> Option<u64> {
+        Some(meta.dev)
     }
 
     /// A directory on another file system: made in the new snapshot as an empty one,
     /// with an empty manifest block and the metadata its `lstat` gave (the mounted
     /// file system's root, as `stat` shows it, as rsync and restic record it), not
     /// opened. Its entry is in its parent's block already.
-    fn mount_point(&self, dir: &Arc<Node<S::Dir>>, name: Vec<u8>, rel: &RelPath, sub: SubDir) {
+    fn mount_point(&self, dir: &Arc<Node<S::Dir>>, name: Vec<u8>, rel: &RelPath, meta: Meta) {
         tracing::info!("{rel}: another file system (one_file_system): kept empty");
-        let SubDir { meta, xattrs } = sub;
-        // Read with its `lstat` (its entry records them).
-        let xattrs = xattrs.unwrap_or_default();
+        let xattrs =
+            fsx::read_xattrs(&XattrTarget::At(b(&dir.state.src), &name)).unwrap_or_else(|e| {
+                self.problem(rel, ProblemKind::Metadata, "read extended attributes", e);
+                Vec::new()
+            });
         let out = match self.sink.mkdir(&dir.state.out, &name, rel) {
             Ok(out) => out,
             Err(e) => {
@@ -1960,7 +1853,7 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             return;
         }
         match self.sink.finish_dir(&out, &meta, &xattrs) {
-            Ok(refused) => self.dir_applied(Some(dir), rel, &meta, &xattrs, &refused),
+            Ok(refused) => self.refused_xattrs(rel, &refused),
             Err(e) => self.dest_error(rel, "set directory metadata", e),
         }
     }
@@ -1998,13 +1891,7 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             .sink
             .finish_dir(&dir.state.out, &dir.state.meta, &dir.state.xattrs)
         {
-            Ok(refused) => self.dir_applied(
-                dir.parent.as_deref(),
-                &dir.rel,
-                &dir.state.meta,
-                &dir.state.xattrs,
-                &refused,
-            ),
+            Ok(refused) => self.refused_xattrs(&dir.rel, &refused),
             Err(e) => self.dest_error(&dir.rel, "set directory metadata", e),
         }
     }

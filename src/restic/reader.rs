@@ -129,12 +129,7 @@ fn entry_of(name: &[u8], n: &Node) -> Entry {
         mtime: time(&n.mtime),
         ctime: time(&n.ctime),
         hash: None,
-        // A directory's as a store's manifest records it (`0`: none): known.
-        xattrs: if kind == Kind::Dir {
-            Some(crate::manifest::dir_xattrs(&xattrs_of(n)))
-        } else {
-            fsx::xattr_digest(&xattrs_of(n))
-        },
+        xattrs: fsx::xattr_digest(&xattrs_of(n)),
         ino: n.inode,
         group: (kind == Kind::File && n.links > 1).then_some(n.inode),
         target,

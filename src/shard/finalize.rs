@@ -1313,13 +1313,10 @@ fn read_spine(
     })
     .into_iter()
     .collect::<Result<Vec<_>, ShardError>>()?;
-    let metas: HashMap<&RelPath, (&fsx::Meta, &fsx::Xattrs)> = order
+    let metas: HashMap<&RelPath, &fsx::Meta> = order
         .iter()
         .zip(&own)
-        .filter_map(|(d, r)| {
-            let (m, x) = r.as_ref()?;
-            Some((*d, (m, x)))
-        })
+        .filter_map(|(d, r)| Some((*d, &r.as_ref()?.0)))
         .collect();
     let kids: Vec<Vec<Entry>> = order
         .iter()
@@ -1327,13 +1324,8 @@ fn read_spine(
             cut.spine_children(d)
                 .into_iter()
                 .filter_map(|kid| {
-                    let (m, x) = metas.get(&d.join(&kid))?;
-                    // Its attributes' field as a single-node walk records it (those it
-                    // is given here; [`apply_spine`]'s refusals corrected after).
-                    (m.kind == Kind::Dir).then(|| Entry {
-                        xattrs: Some(manifest::dir_xattrs(x)),
-                        ..Entry::from_meta(&kid, m)
-                    })
+                    let m = metas.get(&d.join(&kid))?;
+                    (m.kind == Kind::Dir).then(|| Entry::from_meta(&kid, m))
                 })
                 .collect()
         })
@@ -1588,12 +1580,11 @@ fn assemble(
         if d.is_root() {
             let mut e = Entry::from_meta(b".", &meta);
             e.group = None;
-            e.xattrs = Some(manifest::dir_xattrs(&xattrs));
             root_entry = Some(e);
         }
         present.push((d, meta, xattrs));
     }
-    let Some(mut root) = root_entry else {
+    let Some(root) = root_entry else {
         return Err(ShardError::Failed(Error::SourceMissing(
             source.to_path_buf(),
         )));
@@ -1679,7 +1670,7 @@ fn assemble(
         (merged, applied)
     });
     merged?;
-    let (spine_t, (owners, kept)) = applied?;
+    let (spine_t, owners) = applied?;
     let spine_s = spine_t.as_secs_f64();
     // The spine's blocks, deepest first, as before. A spine directory whose owner this
     // process could not set is recorded with the owner it holds (a single-node run's
@@ -1689,17 +1680,10 @@ fn assemble(
             if let Some(&(uid, gid)) = owners.get(&d.join(&k.name)) {
                 (k.uid, k.gid) = (uid, gid);
             }
-            // The attributes it holds, some refused by the store.
-            if let Some(x) = kept.get(&d.join(&k.name)) {
-                k.xattrs = Some(x.clone());
-            }
         }
         let mut es = spine_blocks.remove(d).unwrap_or_default();
         es.extend(kids);
         w.write_block(d, &mut es).ctx("write manifest", &mdir)?;
-    }
-    if let Some(x) = kept.get(&RelPath::root()) {
-        root.xattrs = Some(x.clone());
     }
     w.finish(&root).ctx("finish manifest", &mdir)?;
     tracing::info!(
@@ -1866,17 +1850,14 @@ fn remove_empty_below(at: &Path) -> Result<(), ShardError> {
 /// process may not give (not root: [`fsx::OwnerNotSet`]) is a `set owner` problem of
 /// the directory, as a single-node run's walk reports it, its mode and times set all the
 /// same; returned: the owner each such directory holds instead, for its manifest entry
-/// to record what the snapshot is (a single-node run's `dir_owner_held`); and the
-/// extended attributes' field (`manifest::dir_xattrs`) of each directory the store
-/// refused some of them on: what it holds, for its entry (a single-node run's walk
-/// corrects its entry so).
+/// to record what the snapshot is (a single-node run's `dir_owner_held`).
 fn apply_spine(
     rd: &RunDir,
     threads: usize,
     present: &[(&RelPath, fsx::Meta, fsx::Xattrs)],
     held: Option<(u32, u32)>,
     counters: &Counters,
-) -> Result<SpineApplied, ShardError> {
+) -> Result<HashMap<RelPath, (u32, u32)>, ShardError> {
     let made = super::par_map(threads, present, |(d, _, _)| {
         super::worker::make_dirs(&rd.tree(), d)
     });
@@ -1884,8 +1865,7 @@ fn apply_spine(
     let pairs: Vec<(&OwnedFd, &(&RelPath, fsx::Meta, fsx::Xattrs))> =
         made.iter().zip(present).collect();
     let mut owners = HashMap::new();
-    let mut kept = HashMap::new();
-    for (r, (_, (d, _, xattrs))) in super::par_map(threads, &pairs, |(out, (_, meta, xattrs))| {
+    for (r, (_, (d, _, _))) in super::par_map(threads, &pairs, |(out, (_, meta, xattrs))| {
         let mut meta = *meta;
         if let Some((uid, gid)) = held {
             (meta.uid, meta.gid) = (uid, gid);
@@ -1923,18 +1903,9 @@ fn apply_spine(
         for p in crate::engine::walk::refused_xattr_problems(d, &refused) {
             counters.problem(p);
         }
-        if !refused.is_empty() {
-            let mut xs = xattrs.clone();
-            xs.retain(|(n, _)| !refused.iter().any(|(r, _)| r == n));
-            kept.insert((*d).clone(), manifest::dir_xattrs(&xs));
-        }
     }
-    Ok((owners, kept))
+    Ok(owners)
 }
-
-/// What [`apply_spine`] returns: the owners held, and the attributes' fields of the
-/// directories some were refused on.
-type SpineApplied = (HashMap<RelPath, (u32, u32)>, HashMap<RelPath, String>);
 
 #[cfg(test)]
 mod tests {
