@@ -349,13 +349,19 @@ fn check_headers(
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
-        match super::repair::read_pack_header(repo, pack, *size) {
+        // Damaged only when a second read says so too (a read garbled on its way is not
+        // damage: blobs are called damaged only when two reads agree, review of reader-49).
+        let read = || match super::repair::read_pack_header(repo, pack, *size) {
             Ok(_) => Ok(None),
             Err(e) => match failed(&e, e.to_string()) {
                 Some(Verdict::Damaged(why)) => Ok(Some(why)),
                 Some(_) => Ok(None),
                 None => Err(e),
             },
+        };
+        match read() {
+            Ok(Some(_)) => read(),
+            other => other,
         }
     });
     for ((pack, _), g) in todo.iter().zip(got) {
