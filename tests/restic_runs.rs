@@ -2261,7 +2261,9 @@ fn a_repository_runs_duration_leaves_out_its_wait_for_a_locked_catalog() {
     assert_eq!(status, "complete");
     assert!(took > 2.5, "the run did not wait for the catalog: {took} s");
     assert!(
-        secs < 1.5 && r["duration_seconds"].as_f64().unwrap() < 1.5,
+        // Under the 2.5 s the run waited at least (a debug build on a loaded machine
+        // opens a repository slowly: no tighter bound).
+        secs < 2.5 && r["duration_seconds"].as_f64().unwrap() < 2.5,
         "the run's duration counts its wait for the catalog: {secs} s of {took} s"
     );
 }

@@ -3318,12 +3318,21 @@ fn finalize_resuming_an_expiry_merges_the_lines_logged_after_the_dead_finalizers
             .unwrap()
         })
         .collect();
-    wait_for(&pause);
-    let finalizer: i32 = std::fs::read_to_string(&pause)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    // The failpoint's file is created, then written: wait for its pid.
+    let t0 = Instant::now();
+    let finalizer: i32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pause)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no finalizer paused"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let merged_log = e.dest.join(format!(".snapring/logs/{run}.log"));
     std::fs::remove_file(&pause).unwrap();
     let t0 = Instant::now();
