@@ -841,8 +841,17 @@ pub fn restore(
     // restore that notified (paged) and counted in `stats`. A repository that cannot be
     // opened (wrong password, gone, unreachable), or has no snapshot yet, is the
     // restore's own failure: recorded, as the run says it. Opened once, for both.
-    let opened = open_reading(dest, password_file, true, Some(&cancel));
-    if let Ok((repo, _)) = &opened
+    // Not before `--to` is known to be outside the repository: opening takes a lock, a
+    // write into the repository a refused restore must not make (the run refuses it
+    // below, recorded).
+    let to_outside = snapring::restore::target::Target::resolve(&a.to).is_ok_and(|target| {
+        target.open_existing().is_ok_and(|existing| {
+            restic::backend::parse_file_url(&dest.to_string_lossy())
+                .is_none_or(|root| target.refuse_inside(&existing, &root, "repository").is_ok())
+        })
+    });
+    let mut opened = to_outside.then(|| open_reading(dest, password_file, true, Some(&cancel)));
+    if let Some(Ok((repo, _))) = &opened
         && let Ok(Some(why)) =
             restic::snapshot::names_nothing(repo, &a.snapshot, &dest.to_string_lossy())
     {
@@ -884,6 +893,9 @@ pub fn restore(
                 .create(&existing)
                 .map_err(|e| restic::Error::Other(e.to_string()))
         };
+        let opened = opened
+            .take()
+            .unwrap_or_else(|| open_reading(dest, password_file, true, Some(&cancel)));
         let (repo, _lock) = match opened {
             Ok(x) => x,
             Err(e) if is_stopped() => return stopped(Some(format!("{e:#}"))),
