@@ -630,6 +630,44 @@ fn an_unchanged_file_whose_xattrs_the_store_refuses_is_linked_not_copied_again()
     assert_verify_clean(&dest, &["--all"]);
 }
 
+/// Whether the file system of `dir` takes one `value` in namespace `ns` on a file and
+/// refuses a second as too large (ext4: all of a file's attributes in one block); says
+/// why the test is skipped when not.
+fn refuses_two_only_together(dir: &Path, ns: &str, value: &[u8]) -> bool {
+    let probe = dir.join("probe");
+    std::fs::write(&probe, b"").unwrap();
+    let set = |n: &str| {
+        rustix::fs::setxattr(
+            &probe,
+            format!("{ns}.{n}"),
+            value,
+            rustix::fs::XattrFlags::empty(),
+        )
+    };
+    let yes = set("a").is_ok() && set("b").is_err();
+    std::fs::remove_file(&probe).unwrap();
+    if !yes {
+        eprintln!(
+            "skipped: this store's file system does not refuse two 2.5 KiB values only together"
+        );
+    }
+    yes
+}
+
+/// A 16 MiB tmpfs (which keeps large attribute values) made and mounted at `dir`,
+/// unmounted when dropped.
+fn tmpfs_at(dir: &Path) -> Mounted {
+    std::fs::create_dir(dir).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(dir)
+        .status()
+        .unwrap()
+        .success();
+    assert!(mounted, "mount tmpfs");
+    Mounted(dir.to_path_buf())
+}
+
 /// A file whose two `user.*` values the store cannot hold together (ext4 keeps all of a
 /// file's attributes in one block: 2.5 KiB each, the second refused as too large) is
 /// linked while its ctime is unchanged, and copied again, the refusal reported, when it
@@ -640,25 +678,11 @@ fn an_unchanged_file_whose_xattrs_the_store_refuses_is_linked_not_copied_again()
 fn a_file_whose_xattrs_are_too_large_together_is_linked_while_unchanged() {
     let t = tempfile::tempdir().unwrap();
     let value = [5u8; 2560];
-    let probe = t.path().join("probe");
-    std::fs::write(&probe, b"").unwrap();
-    let set = |n: &str| rustix::fs::setxattr(&probe, n, &value, rustix::fs::XattrFlags::empty());
-    if set("user.a").is_err() || set("user.b").is_ok() {
-        eprintln!(
-            "skipped: this store's file system does not refuse two 2.5 KiB values only together"
-        );
+    if !refuses_two_only_together(t.path(), "user", &value) {
         return;
     }
     let (src, dest) = (t.path().join("src"), t.path().join("backup"));
-    std::fs::create_dir(&src).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(&src)
-        .status()
-        .unwrap()
-        .success();
-    assert!(mounted, "mount tmpfs");
-    let _m = Mounted(src.clone());
+    let _m = tmpfs_at(&src);
     write(&src.join("two"), b"two");
     write(&src.join("plain"), b"plain");
     if rustix::fs::setxattr(
@@ -714,13 +738,7 @@ fn a_file_whose_xattrs_are_too_large_together_is_linked_while_unchanged() {
 fn a_file_with_one_attribute_not_supported_and_one_too_large_is_linked_while_unchanged() {
     let t = tempfile::tempdir().unwrap();
     let value = [5u8; 2560];
-    let probe = t.path().join("probe");
-    std::fs::write(&probe, b"").unwrap();
-    let set = |n: &str| rustix::fs::setxattr(&probe, n, &value, rustix::fs::XattrFlags::empty());
-    if set("trusted.a").is_err() || set("trusted.b").is_ok() {
-        eprintln!(
-            "skipped: this store's file system does not refuse two 2.5 KiB values only together"
-        );
+    if !refuses_two_only_together(t.path(), "trusted", &value) {
         return;
     }
     let (src, under, mnt) = (
@@ -728,16 +746,8 @@ fn a_file_with_one_attribute_not_supported_and_one_too_large_is_linked_while_unc
         t.path().join("under"),
         t.path().join("mnt"),
     );
-    std::fs::create_dir(&src).unwrap();
     std::fs::create_dir(&under).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(&src)
-        .status()
-        .unwrap()
-        .success();
-    assert!(mounted, "mount tmpfs");
-    let _m = Mounted(src.clone());
+    let _m = tmpfs_at(&src);
     write(&src.join("both"), b"both");
     write(&src.join("plain"), b"plain");
     set_xattr(&src.join("both"), "user.x", b"1");
