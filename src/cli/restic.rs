@@ -844,13 +844,19 @@ pub fn restore(
     // Not before `--to` is known to be outside the repository: opening takes a lock, a
     // write into the repository a refused restore must not make (the run refuses it
     // below, recorded).
-    let to_outside = snapring::restore::target::Target::resolve(&a.to).is_ok_and(|target| {
-        target.open_existing().is_ok_and(|existing| {
-            restic::backend::parse_file_url(&dest.to_string_lossy())
-                .is_none_or(|root| target.refuse_inside(&existing, &root, "repository").is_ok())
-        })
-    });
-    let mut opened = to_outside.then(|| open_reading(dest, password_file, true, Some(&cancel)));
+    // `--to` checked before anything is written: no `..` in its part that does not
+    // exist yet, and not inside a local repository, by device and inode.
+    let checked = (|| {
+        let target = snapring::restore::target::Target::resolve(&a.to)?;
+        let existing = target.open_existing()?;
+        if let Some(root) = restic::backend::parse_file_url(&dest.to_string_lossy()) {
+            target.refuse_inside(&existing, &root, "repository")?;
+        }
+        Ok::<_, snapring::error::Error>((target, existing))
+    })();
+    let opened = checked
+        .is_ok()
+        .then(|| open_reading(dest, password_file, true, Some(&cancel)));
     if let Some(Ok((repo, _))) = &opened
         && let Ok(Some(why)) =
             restic::snapshot::names_nothing(repo, &a.snapshot, &dest.to_string_lossy())
@@ -879,13 +885,8 @@ pub fn restore(
             Ok(out)
         };
         let is_stopped = || cancel.load(Ordering::Relaxed);
-        // `--to` checked before anything is written: no `..` in its part that does not
-        // exist yet, and not inside a local repository, by device and inode.
-        let target = snapring::restore::target::Target::resolve(&a.to)?;
-        let existing = target.open_existing()?;
-        if let Some(root) = restic::backend::parse_file_url(&dest.to_string_lossy()) {
-            target.refuse_inside(&existing, &root, "repository")?;
-        }
+        // A `--to` refused above is this run's failure, recorded.
+        let (target, existing) = checked?;
         // Made (its missing part one directory at a time, never through a symlink)
         // once the snapshot is found.
         let make_to = || {
@@ -893,9 +894,9 @@ pub fn restore(
                 .create(&existing)
                 .map_err(|e| restic::Error::Other(e.to_string()))
         };
-        let opened = opened
-            .take()
-            .unwrap_or_else(|| open_reading(dest, password_file, true, Some(&cancel)));
+        // Opened above whenever `--to` was accepted.
+        let opened =
+            opened.unwrap_or_else(|| open_reading(dest, password_file, true, Some(&cancel)));
         let (repo, _lock) = match opened {
             Ok(x) => x,
             Err(e) if is_stopped() => return stopped(Some(format!("{e:#}"))),
