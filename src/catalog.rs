@@ -2475,22 +2475,79 @@ pub fn unrecorded_end_message(store: &str) -> String {
 /// version before markers, or whose marker was removed though its end was not
 /// recorded) is settled `incomplete`, its message saying that its end was not recorded.
 /// The marker is removed once the row is recorded.
+///
+/// Also a marker that holds its run's report while the catalog has no row of that run
+/// at all ([`unrowed_markers`]: the catalog was locked for the whole run, its `running`
+/// row as its final one not written): recorded as the report says. Looked for only
+/// among `running` rows, such a run was never recorded and its marker stayed for ever.
 pub fn settle_repository_runs(c: &mut Catalog) {
-    let Ok(rows) = c.running_in() else { return };
-    for (id, store) in rows.into_iter().filter(|(_, s)| is_repository(&text(s))) {
-        let RepositoryRun::Ended { report, marker } = repository_run(c, &id, &text(&store), true)
-        else {
-            continue;
-        };
+    if let Ok(rows) = c.running_in() {
+        for (id, store) in rows.into_iter().filter(|(_, s)| is_repository(&text(s))) {
+            let RepositoryRun::Ended { report, marker } =
+                repository_run(c, &id, &text(&store), true)
+            else {
+                continue;
+            };
+            match c.record(&report) {
+                Ok(()) => {
+                    if marker.is_some() {
+                        let _ = std::fs::remove_file(running_marker_path(&c.path, &id));
+                    }
+                }
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+    }
+    for (id, report, _held) in unrowed_markers(c) {
         match c.record(&report) {
             Ok(()) => {
-                if marker.is_some() {
-                    let _ = std::fs::remove_file(running_marker_path(&c.path, &id));
-                }
+                let _ = std::fs::remove_file(running_marker_path(&c.path, &id));
             }
             Err(e) => tracing::warn!("{e}"),
         }
     }
+}
+
+/// The markers beside the catalog (`logs/<id>.running`) of runs the catalog has no row
+/// of, whose process is gone (the `flock` taken here, exclusive: held in the third
+/// field until the caller recorded the run and removed the marker) and that hold the
+/// run's report ([`report_left_in_marker`]). A marker without a report (its run died
+/// before its outcome was known, and never reached the catalog) is left: there is
+/// nothing of its run to record.
+fn unrowed_markers(c: &Catalog) -> Vec<(String, RunReport, std::fs::File)> {
+    let dir = running_marker_path(&c.path, "x");
+    let Some(dir) = dir.parent() else {
+        return Vec::new();
+    };
+    let Ok(list) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in list.flatten() {
+        let name = e.file_name();
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".running")) else {
+            continue;
+        };
+        // Empty: no report to record, or a run creating its marker this moment (a lock
+        // taken here would leave it without one).
+        if e.metadata().map_or(true, |m| m.len() == 0) || !matches!(c.show_exact(id), Ok(None)) {
+            continue;
+        }
+        let Ok(f) = std::fs::File::open(e.path()) else {
+            continue;
+        };
+        if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            continue;
+        }
+        // Read again under the lock: a run that just ended recorded its row first.
+        if !matches!(c.show_exact(id), Ok(None)) {
+            continue;
+        }
+        if let Some(r) = report_left_in_marker(&f, id) {
+            out.push((id.to_string(), r, f));
+        }
+    }
+    out
 }
 
 /// How run `id` into repository `store`, which the catalog had as `running`, stands by

@@ -730,6 +730,19 @@ pub type Refused = Vec<(Vec<u8>, &'static str)>;
 /// value of it), in [`Refused`].
 pub const NOT_SUPPORTED: &str = "not supported by";
 
+/// Whether the store's refusal of attribute `name` (as `why`, [`Refused`]) is said to
+/// the user: a problem of the entry when it is copied, a warning of each run that links
+/// the entry without it and of each restore. The user's own attributes (`user.*`) and
+/// POSIX ACLs are, as is any value refused as too large. Other names the store does not
+/// support (`security.*`, `trusted.*`: the system's, as an SELinux source's
+/// `security.selinux` on every file, backed up onto NFS) are still recorded as refused
+/// in the manifest (`manifest::Entry::refused`) but only logged, one line a walk or
+/// restore with a count (docs/stores.md): a warning on every run and every restore that
+/// nothing can act on buries the ones that matter.
+pub fn xattr_refusal_said(name: &[u8], why: &str) -> bool {
+    name.starts_with(b"user.") || name.starts_with(b"system.posix_acl") || why != NOT_SUPPORTED
+}
+
 /// Sets every attribute in `xs`. Returns the ones the target file system refused: as
 /// unsupported (for example `security.*` on a file system without them), or as too
 /// large (ENOSPC, E2BIG: ext4 keeps a value in one block, so 4 KiB at most, where XFS,

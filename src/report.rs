@@ -374,17 +374,21 @@ pub struct Counters {
     pub xattrs_not_kept: Mutex<(u64, Vec<Vec<u8>>)>,
 }
 
-/// How many attribute names [`xattrs_not_kept_warning`] names.
+/// How many attribute names [`xattrs_not_kept_warning`] names. [`Counters`] keeps one
+/// more: whether there were more than these, which the warning says with "…".
 const XATTRS_NOT_KEPT_NAMED: usize = 8;
 
 /// The warning of a run that linked `n` entries without the attributes `names` (the
-/// first ones) the store refused ([`Counters::xattrs_not_kept`]).
+/// first ones, sorted) the store refused ([`Counters::xattrs_not_kept`]): it names
+/// [`XATTRS_NOT_KEPT_NAMED`] of them, and "…" only when there are more (at exactly
+/// that many it said "…" with nothing left out).
 pub fn xattrs_not_kept_warning(n: u64, names: &[Vec<u8>]) -> String {
     let mut shown: Vec<String> = names
         .iter()
+        .take(XATTRS_NOT_KEPT_NAMED)
         .map(|n| crate::relpath::shown_bytes(n))
         .collect();
-    if names.len() >= XATTRS_NOT_KEPT_NAMED {
+    if names.len() > XATTRS_NOT_KEPT_NAMED {
         shown.push("…".into());
     }
     format!(
@@ -411,7 +415,8 @@ impl Counters {
             .unwrap_or_else(|e| e.into_inner());
         x.0 += n;
         for n in names {
-            if x.1.len() >= XATTRS_NOT_KEPT_NAMED {
+            // One past those named: the warning's "…" (more names than it shows).
+            if x.1.len() > XATTRS_NOT_KEPT_NAMED {
                 break;
             }
             if !x.1.contains(n) {
@@ -638,5 +643,38 @@ mod tests {
             w.contains("huge (3145728 bytes, about 3 s at the limit)"),
             "{w}"
         );
+    }
+
+    /// The linked-without-attributes warning says "…" only when the run had more names
+    /// than it shows: at exactly [`XATTRS_NOT_KEPT_NAMED`] it said "…" with none left
+    /// out (review N5), and a ninth name was never kept to tell the two apart.
+    #[test]
+    fn the_not_kept_warning_says_more_only_past_the_names_it_shows() {
+        let warning = |count: usize| {
+            let c = Counters::default();
+            for i in 0..count {
+                c.xattrs_not_kept(&[format!("user.a{i}").into_bytes()]);
+            }
+            let mut names = c.xattrs_not_kept.lock().unwrap().1.clone();
+            names.sort();
+            xattrs_not_kept_warning(count as u64, &names)
+        };
+        let eight = warning(8);
+        assert!(!eight.contains('…'), "{eight}");
+        assert!(
+            eight.contains(
+                "(user.a0, user.a1, user.a2, user.a3, user.a4, user.a5, user.a6, user.a7)"
+            ),
+            "{eight}"
+        );
+        let nine = warning(9);
+        assert!(
+            nine.contains(
+                "(user.a0, user.a1, user.a2, user.a3, user.a4, user.a5, user.a6, user.a7, …)"
+            ),
+            "{nine}"
+        );
+        let many = warning(30);
+        assert!(many.contains("user.a7, …)"), "{many}");
     }
 }

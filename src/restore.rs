@@ -563,6 +563,9 @@ struct Restore<'a, R: SnapshotReader> {
     /// (`manifest::Entry::refused`), the first [`NOT_KEPT_NAMED`] of those names, and
     /// whether there were more.
     not_kept: Mutex<(u64, Vec<Vec<u8>>, bool)>,
+    /// Entries restored without attributes the store refused at backup whose refusal
+    /// is only logged (`fsx::xattr_refusal_said`), and those names: one log line.
+    unsaid: Mutex<(u64, std::collections::BTreeSet<Vec<u8>>)>,
 }
 
 /// How many attribute names the warning of entries restored without attributes the
@@ -1131,6 +1134,7 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         holds: std::sync::OnceLock::new(),
         existing: &existing,
         not_kept: Mutex::default(),
+        unsaid: Mutex::default(),
     };
     let root_meta = {
         let mut start = r.start.lock().unwrap_or_else(|e| e.into_inner());
@@ -2376,9 +2380,26 @@ impl<R: SnapshotReader> Restore<'_, R> {
         if self.other_entry(&at, &e, &m, existing, src)
             && let Some(r) = rec.as_ref().filter(|r| !r.refused.is_empty())
         {
+            // Those whose refusal is only logged (the system's: `security.*`,
+            // `trusted.*`, `fsx::xattr_refusal_said`) in one log line, not a warning of
+            // every restore.
+            let (said, unsaid): (Vec<&Vec<u8>>, Vec<&Vec<u8>>) = r
+                .refused
+                .iter()
+                .partition(|n| fsx::xattr_refusal_said(n, fsx::NOT_SUPPORTED));
+            if !unsaid.is_empty() {
+                let mut u = self.unsaid.lock().unwrap_or_else(|e| e.into_inner());
+                u.0 += 1;
+                for n in unsaid {
+                    crate::engine::walk::add_unsaid(&mut u.1, n);
+                }
+            }
+            if said.is_empty() {
+                return Step::Next;
+            }
             let mut nk = self.not_kept.lock().unwrap_or_else(|e| e.into_inner());
             nk.0 += 1;
-            for n in &r.refused {
+            for n in said {
                 if nk.1.contains(n) {
                     continue;
                 }
@@ -3355,6 +3376,14 @@ impl<R: SnapshotReader> Restore<'_, R> {
                     ),
                 );
             }
+        }
+        let (n, unsaid) =
+            std::mem::take(&mut *self.unsaid.lock().unwrap_or_else(|e| e.into_inner()));
+        if n > 0 {
+            tracing::info!(
+                "{}",
+                crate::engine::walk::unsaid_refusals_line(n, &unsaid, "restored")
+            );
         }
         let not_kept = self
             .not_kept

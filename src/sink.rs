@@ -15,7 +15,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-use crate::fsx::{CopyError, Meta, Xattrs};
+use crate::fsx::{CopyError, Kind, Meta, Xattrs};
 use crate::manifest::Entry;
 use crate::relpath::RelPath;
 
@@ -198,17 +198,19 @@ pub trait Sink: Sync {
     fn has_prev(&self, dir: &Self::Dir) -> bool;
 
     /// Whether this run already found the store refusing attribute `name` whatever
-    /// its value (not supported): an entry whose previous copy lacks only such
-    /// attributes ([`manifest::Entry::refused`]) is linked without reading the source's.
-    fn refuses_xattr_name(&self, _name: &[u8]) -> bool {
+    /// its value (not supported) on an entry of `kind`: an entry whose previous copy
+    /// lacks only such attributes ([`manifest::Entry::refused`]) is linked without
+    /// reading the source's.
+    fn refuses_xattr_name(&self, _name: &[u8], _kind: Kind) -> bool {
         false
     }
 
-    /// Whether the store still refuses attribute `name` with `value`, which it refused
-    /// to an entry's previous copy ([`manifest::Entry::refused`]): where it takes it
-    /// now (a store given xattr support), the entry is copied again so that its copy
-    /// keeps it. `true` where it cannot be tried (a dry run).
-    fn still_refuses_xattr(&self, _name: &[u8], _value: &[u8]) -> bool {
+    /// Whether the store still refuses attribute `name` with `value` on an entry of
+    /// `kind` (a regular file, a fifo, a socket), which it refused to an entry's
+    /// previous copy ([`manifest::Entry::refused`]): where it takes it now (a store
+    /// given xattr support), the entry is copied again so that its copy keeps it.
+    /// `true` where it cannot be tried (a dry run).
+    fn still_refuses_xattr(&self, _name: &[u8], _value: &[u8], _kind: Kind) -> bool {
         true
     }
 

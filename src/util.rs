@@ -203,6 +203,14 @@ pub const ATOMIC_TMP_STALE_AFTER: Duration = Duration::from_secs(3600);
 /// ago. A live writer's (this process's, or a recent one's) is left alone. How many
 /// were removed; failures are only logged (bookkeeping left over, nothing lost).
 pub fn sweep_atomic_tmps(dir: &Path) -> usize {
+    sweep_tmps(dir, atomic_tmp_pid, "a write that did not complete")
+}
+
+/// [`sweep_atomic_tmps`]' rules for any temp file whose name tells its writer's pid
+/// (`pid_of`; other names are left alone): the xattr probes a killed backup left in
+/// `.snapring/staging/` (`store::tree_sink::sweep_xattr_probes`). `left_by` says what
+/// left one, in the log.
+pub fn sweep_tmps(dir: &Path, pid_of: impl Fn(&[u8]) -> Option<u32>, left_by: &str) -> usize {
     use std::os::unix::ffi::OsStrExt;
     let Ok(list) = std::fs::read_dir(dir) else {
         return 0;
@@ -210,7 +218,7 @@ pub fn sweep_atomic_tmps(dir: &Path) -> usize {
     let now = std::time::SystemTime::now();
     let mut removed = 0;
     for e in list.flatten() {
-        let Some(pid) = atomic_tmp_pid(e.file_name().as_bytes()) else {
+        let Some(pid) = pid_of(e.file_name().as_bytes()) else {
             continue;
         };
         let Ok(md) = std::fs::symlink_metadata(e.path()) else {
@@ -243,7 +251,7 @@ pub fn sweep_atomic_tmps(dir: &Path) -> usize {
         match std::fs::remove_file(e.path()) {
             Ok(()) => {
                 tracing::info!(
-                    "removed {}, left by a write that did not complete (pid {pid}, {}s ago)",
+                    "removed {}, left by {left_by} (pid {pid}, {}s ago)",
                     e.path().display(),
                     age.as_secs()
                 );
@@ -251,7 +259,7 @@ pub fn sweep_atomic_tmps(dir: &Path) -> usize {
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => tracing::warn!(
-                "cannot remove {}, left by a write that did not complete: {err}",
+                "cannot remove {}, left by {left_by}: {err}",
                 e.path().display()
             ),
         }

@@ -2210,6 +2210,60 @@ fn a_dead_mount_inside_the_source_is_that_entrys_problem_in_a_repository_run() {
     drop(fs);
 }
 
+/// A repository run whose catalog is locked for the whole run (its `running` row and
+/// its final one both refused past the busy wait) keeps its report in its marker
+/// beside the catalog; the next run that writes the catalog records it and removes the
+/// marker. (`settle_repository_runs` looked only at `running` rows: the run had none,
+/// was never recorded, and its marker stayed for ever.)
+#[test]
+fn a_repository_run_whose_catalog_was_locked_throughout_is_recorded_by_the_next() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    let catalog = t.path().join("catalog.db");
+    small_tree(&src);
+    let url = format!("file://{}", repo.display());
+    let env = [("SNAPRING_PASSWORD", PASSWORD)];
+    assert_eq!(cli(&catalog, &["init", "--dest", &url], &env).0, 0);
+    let backup = [
+        "backup",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        &url,
+        "--json",
+    ];
+    let (code, _, err) = cli(&catalog, &backup, &env);
+    assert_eq!(code, 0, "{err}");
+    let db = rusqlite::Connection::open(&catalog).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let (code, r, err) = cli(&catalog, &backup, &env);
+    db.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(code, 0, "{r}\n{err}");
+    let id = r["id"].as_str().unwrap().to_string();
+    let marker = t.path().join("logs").join(format!("{id}.running"));
+    assert!(marker.exists(), "{r}\n{err}");
+    let rows = |id: &str| -> Vec<String> {
+        let mut q = db.prepare("SELECT status FROM runs WHERE id = ?1").unwrap();
+        q.query_map([id], |r| r.get(0))
+            .unwrap()
+            .map(|s| s.unwrap())
+            .collect()
+    };
+    assert_eq!(
+        rows(&id),
+        Vec::<String>::new(),
+        "recorded in a locked catalog?"
+    );
+    let (code, _, err) = cli(&catalog, &backup, &env);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        rows(&id),
+        ["complete"],
+        "the locked-out run was never recorded"
+    );
+    assert!(!marker.exists(), "its marker was left");
+}
+
 /// Session 49 (as session 48 for a store's run, tests/serve.rs): a repository run whose
 /// start waits for a catalog another writer holds (3 s here) records a duration of its
 /// backup only, not of that wait (its `stats`, the dashboard's durations).

@@ -1734,6 +1734,39 @@ fn an_empty_source_is_refused_by_every_worker_unless_allowed() {
     assert_ne!(now, first);
 }
 
+/// A worker on a node where the source is not mounted (an empty file system over the
+/// source's path), started first, is refused by the empty-source guard BEFORE it plans
+/// (as the store's workers are, tests/shard.rs): it planned first, and its plan of
+/// nothing (one unit, the mount point's inode) was the run's, refusing every healthy
+/// worker after it. No plan is written; the healthy worker plans, builds every unit and
+/// publishes the run.
+#[test]
+fn a_worker_whose_source_is_not_mounted_is_refused_before_it_plans() {
+    let e = env();
+    let kids: Vec<Child> = (0..2).map(|i| spawn(&e, i, 2, "r1", &[])).collect();
+    for k in kids {
+        report(&k.wait_with_output().unwrap());
+    }
+    let run = "r2";
+    let o = {
+        let Some(_fs) = Tmpfs::mount(&e.src, "size=1m") else {
+            return;
+        };
+        spawn(&e, 0, 2, run, &[]).wait_with_output().unwrap()
+    };
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("is empty but the previous snapshot"),
+        "{}",
+        text(&o)
+    );
+    let plan = e.repo.join("snapring/shards").join(run).join("plan");
+    assert!(!plan.exists(), "the refused worker wrote a plan");
+    let r = report(&spawn(&e, 1, 2, run, &[]).wait_with_output().unwrap());
+    assert_eq!(r["finalized"], true, "{r}");
+    assert_eq!(snapshots(&e).len(), 2);
+}
+
 /// The parent snapshot a run's plan names forgotten while the run is unfinished
 /// (another run's retention, `forget`): the rerun builds the units left without it
 /// and publishes, rather than failing on every attempt.

@@ -100,6 +100,11 @@ pub struct Walk<'a, S: Sink> {
     root_meta: Mutex<Option<Meta>>,
     /// Whether a fatal error no longer counts (see [`Walk::moot_if`]).
     moot: Option<Moot<'a>>,
+    /// Entries copied or linked without attributes the store does not support whose
+    /// refusal is only logged (`security.*`, `trusted.*`: [`fsx::xattr_refusal_said`]),
+    /// and those names: one `info` line at the end of the walk, not a warning of every
+    /// run (still recorded as refused in the manifest).
+    unsaid_refusals: Mutex<(u64, std::collections::BTreeSet<Vec<u8>>)>,
 }
 
 /// Says whether a walk's fatal error no longer counts ([`Walk::moot_if`]).
@@ -172,6 +177,7 @@ impl<'a, S: Sink> Walk<'a, S> {
             fence: None,
             root_meta: Mutex::new(None),
             moot: None,
+            unsaid_refusals: Mutex::default(),
         }
     }
 
@@ -301,6 +307,15 @@ impl<'a, S: Sink> Walk<'a, S> {
         *self.root_probe.lock().unwrap_or_else(|e| e.into_inner()) = src.try_clone().ok();
         *self.root.lock().unwrap_or_else(|e| e.into_inner()) = Some(src);
         traverse::walk_at(self, meta, rel, threads, self.gate, self.cancel);
+        let (n, names) = std::mem::take(
+            &mut *self
+                .unsaid_refusals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        if n > 0 {
+            tracing::info!("{}", unsaid_refusals_line(n, &names, "backed up"));
+        }
     }
 
     /// Records the run's fatal error (the first one wins; later ones are usually the
@@ -447,6 +462,26 @@ impl<'a, S: Sink> Walk<'a, S> {
     fn refused_xattrs(&self, rel: &RelPath, refused: &[(Vec<u8>, &str)]) {
         for p in refused_xattr_problems(rel, refused) {
             self.counters.problem(p);
+        }
+        self.unsaid(refused.iter().map(|(n, why)| (n, *why)));
+    }
+
+    /// Counts an entry kept without attributes the store does not support whose
+    /// refusal is only logged ([`fsx::xattr_refusal_said`]), among `refused`.
+    fn unsaid<'n>(&self, refused: impl Iterator<Item = (&'n Vec<u8>, &'n str)>) {
+        let mut names = refused
+            .filter(|(n, why)| !fsx::xattr_refusal_said(n, why))
+            .peekable();
+        if names.peek().is_none() {
+            return;
+        }
+        let mut u = self
+            .unsaid_refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        u.0 += 1;
+        for (n, _) in names {
+            add_unsaid(&mut u.1, n);
         }
     }
 
@@ -1080,7 +1115,7 @@ impl<'a, S: Sink> Walk<'a, S> {
         let forced = decision == Decision::Link
             && !refused_before
                 .iter()
-                .all(|n| self.sink.refuses_xattr_name(n));
+                .all(|n| self.sink.refuses_xattr_name(n, m.kind));
         if forced {
             decision = Decision::CompareXattrs;
         }
@@ -1103,7 +1138,7 @@ impl<'a, S: Sink> Walk<'a, S> {
             decision = if (forced || fsx::xattr_digest_of(kept.iter().copied()) == prev_digest)
                 && not_kept
                     .iter()
-                    .all(|(n, v)| self.sink.still_refuses_xattr(n, v))
+                    .all(|(n, v)| self.sink.still_refuses_xattr(n, v, m.kind))
             {
                 Decision::Link
             } else {
@@ -1342,9 +1377,18 @@ impl<'a, S: Sink> Walk<'a, S> {
                 entry.hash = p.hash;
                 entry.xattrs = p.xattrs.clone();
                 entry.refused = refused.unwrap_or_else(|| p.refused.clone());
-                if !entry.refused.is_empty() {
-                    self.counters.xattrs_not_kept(&entry.refused);
+                // The names whose refusal is said (the user's, ACLs) in the run's
+                // warning; the others (the system's) in the walk's log line.
+                let said: Vec<Vec<u8>> = entry
+                    .refused
+                    .iter()
+                    .filter(|n| fsx::xattr_refusal_said(n, fsx::NOT_SUPPORTED))
+                    .cloned()
+                    .collect();
+                if !said.is_empty() {
+                    self.counters.xattrs_not_kept(&said);
                 }
+                self.unsaid(entry.refused.iter().map(|n| (n, fsx::NOT_SUPPORTED)));
             }
             None if vouched.is_some() => {
                 entry.hash = vouched;
@@ -2010,18 +2054,50 @@ fn refused_names(kind: Kind, before: &[Vec<u8>], now: &[(Vec<u8>, &str)]) -> Vec
     names
 }
 
+/// How many names [`unsaid_refusals_line`] shows (then "…").
+const UNSAID_NAMED: usize = 8;
+
+/// Adds `name` to those [`unsaid_refusals_line`] shows, kept to one more than it names
+/// (a source may hold any number of distinct `trusted.*` names).
+pub fn add_unsaid(names: &mut std::collections::BTreeSet<Vec<u8>>, name: &[u8]) {
+    if names.len() <= UNSAID_NAMED && !names.contains(name) {
+        names.insert(name.to_vec());
+    }
+}
+
+/// The one log line of a walk (`done`: "backed up") or a restore ("restored") that kept
+/// `n` entries without attributes `names` the store does not support and whose refusal
+/// is only logged ([`fsx::xattr_refusal_said`]).
+pub fn unsaid_refusals_line(
+    n: u64,
+    names: &std::collections::BTreeSet<Vec<u8>>,
+    done: &str,
+) -> String {
+    let mut shown: Vec<String> = names
+        .iter()
+        .take(UNSAID_NAMED)
+        .map(|n| crate::relpath::shown_bytes(n))
+        .collect();
+    if names.len() > UNSAID_NAMED {
+        shown.push("…".into());
+    }
+    format!(
+        "{n} entr{} {done} without extended attributes the backup file system does not support ({}): recorded as refused in the manifest, not in the snapshot; logged only, as the system's, not the user's (docs/stores.md)",
+        if n == 1 { "y" } else { "ies" },
+        shown.join(", "),
+    )
+}
+
 /// The problems of extended attributes the backup file system refused on `rel`: the
 /// user's own (`user.*`) and ACLs, and any value too large for it; others it does not
-/// support (`security.*`, `trusted.*`) are only logged. Also finalize's, for the spine
-/// directories of a shard run.
+/// support (`security.*`, `trusted.*`) are only logged ([`fsx::xattr_refusal_said`]:
+/// the walk counts them into one line, [`Walk::unsaid_refusals`]). Also finalize's,
+/// for the spine directories of a shard run.
 pub fn refused_xattr_problems(rel: &RelPath, refused: &[(Vec<u8>, &str)]) -> Vec<Problem> {
     let mut out = Vec::new();
     for (n, why) in refused {
         let name = crate::relpath::shown_bytes(n);
-        if n.starts_with(b"user.")
-            || n.starts_with(b"system.posix_acl")
-            || *why != fsx::NOT_SUPPORTED
-        {
+        if fsx::xattr_refusal_said(n, why) {
             out.push(Problem {
                 path: rel.escaped(),
                 kind: ProblemKind::Metadata,

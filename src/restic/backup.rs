@@ -299,7 +299,12 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
     }
     if !opts.allow_empty
         && let Some((id, p)) = &parent
-        && let Err(e) = refuse_empty(repo, &source, (id, p), &opts.exclusion)
+        && let Err(e) = refuse_empty(
+            repo,
+            &source,
+            || Ok(Some((*id, p.clone()))),
+            &opts.exclusion,
+        )
     {
         let _ = lock.release();
         return Err(e);
@@ -663,12 +668,13 @@ impl BackupReport {
 /// snapshot (`parent`) holds entries at its path, is refused: a failed mount looks
 /// exactly like this, and the retention that follows the snapshot would forget the
 /// good ones. The same errors as the store's ([`crate::error::Error::EmptySource`],
-/// [`crate::error::Error::ExcludedAll`]). The parent's tree is read only when the
-/// source looks empty. Also each shard worker's (`shard::repository::work`).
+/// [`crate::error::Error::ExcludedAll`]). The parent (`parent()`: none, no guard) is
+/// found and its tree read only when the source looks empty. Also each shard worker's
+/// (`shard::repository::work`), before it plans and again with its plan's parent.
 pub(crate) fn refuse_empty(
     repo: &Repo,
     source: &Path,
-    (id, parent): (&Id, &Snapshot),
+    parent: impl FnOnce() -> Result<Option<(Id, Snapshot)>>,
     exclusion: &crate::exclude::Settings,
 ) -> Result<()> {
     use crate::fsx::b;
@@ -695,6 +701,10 @@ pub(crate) fn refuse_empty(
     if !empty && !left_nothing {
         return Ok(());
     }
+    let Some((id, parent)) = parent()? else {
+        return Ok(());
+    };
+    let (id, parent) = (&id, &parent);
     let comps: Vec<&OsStr> = match parent.paths.as_slice() {
         [one] => Path::new(one).iter().skip(1).collect(),
         _ => return Ok(()),

@@ -641,6 +641,20 @@ fn work_in(
         })
     };
     let result = (|| {
+        // The empty-source guard before the plan too (as the store's workers,
+        // `shard::worker`): a worker on a node where the source is not mounted that
+        // planned first wrote a plan of nothing (one unit, the mount point's inode)
+        // that refused every healthy worker after it. Refused here, it claims nothing
+        // and another worker plans; the parent is the one the plan would take.
+        if !opts.allow_empty && !final_before && spec.index != BY_HAND {
+            restic::backup::refuse_empty(
+                repo,
+                &source,
+                || latest_parent(repo, opts, &source),
+                &opts.exclusion,
+            )
+            .map_err(failed)?;
+        }
         let (plan_file, plan_hash) = plan_of(repo, &st, spec, opts, &source, &held, !final_before)?;
         let cut = plan_file
             .cut()
@@ -668,8 +682,13 @@ fn work_in(
                     // Every worker checks (as the store's do); not once the run is
                     // published (a rerun only reports it).
                     if !opts.allow_empty && !final_before && spec.index != BY_HAND {
-                        restic::backup::refuse_empty(repo, &source, (&id, &snap), &opts.exclusion)
-                            .map_err(failed)?;
+                        restic::backup::refuse_empty(
+                            repo,
+                            &source,
+                            || Ok(Some((id, snap.clone()))),
+                            &opts.exclusion,
+                        )
+                        .map_err(failed)?;
                     }
                     let comps: Vec<&OsStr> = source.iter().skip(1).collect();
                     // Its trees down to the source's do not read (a pack lost): every
@@ -1082,18 +1101,27 @@ fn check_exclusive_creates(st: &State<'_>, generation: u32) -> Result<(), ShardE
 /// A new plan, the newest snapshot of the same path and label as the parent: weights
 /// from the parent's trees (`sizes::TreeSizes`, no source I/O), or from a quick walk
 /// of the source when there is no parent or its trees cannot be read.
+/// The parent snapshot a plan is made against: the latest readable one of the source's
+/// path with the run's label.
+fn latest_parent(
+    repo: &Repo,
+    opts: &Options,
+    source: &Path,
+) -> restic::Result<Option<(Id, restic::snapshot::Snapshot)>> {
+    let path = source.to_string_lossy().into_owned();
+    Ok(restic::snapshot::load_readable(repo)?
+        .into_iter()
+        .filter(|(_, s)| s.paths == [path.as_str()] && s.tag("label") == Some(&opts.label))
+        .max_by(|a, b| a.1.time.cmp(&b.1.time)))
+}
+
 fn make_plan(
     repo: &Repo,
     spec: &Spec,
     opts: &Options,
     source: &Path,
 ) -> Result<PlanFile, ShardError> {
-    let path = source.to_string_lossy().into_owned();
-    let parent = restic::snapshot::load_readable(repo)
-        .map_err(failed)?
-        .into_iter()
-        .filter(|(_, s)| s.paths == [path.as_str()] && s.tag("label") == Some(&opts.label))
-        .max_by(|a, b| a.1.time.cmp(&b.1.time));
+    let parent = latest_parent(repo, opts, source).map_err(failed)?;
     let threads = super::sizes::planning_threads(opts.jobs, spec.count);
     let one_fs = super::sizes::source_device(source, opts.one_file_system).map_err(|e| {
         ShardError::Failed(crate::error::Error::Repository(format!(

@@ -210,6 +210,10 @@ impl Store {
         for dir in [self.meta.clone(), self.meta.join("runs")] {
             crate::util::sweep_atomic_tmps(&dir);
         }
+        // The xattr probes of a backup killed as it probed (`tree_sink::probe_xattr`):
+        // never an interrupted run's tree (`leftover_staging`), nothing else removed
+        // them.
+        super::tree_sink::sweep_xattr_probes(&self.meta.join("staging"));
         Ok(l)
     }
 }

@@ -78,11 +78,12 @@ struct Adopting {
     trash_prefix: String,
 }
 
-/// What [`Sink::still_refuses_xattr`] found in a run: by (name, value length), whether
-/// the store refused it; the names it refused as not supported.
+/// What [`Sink::still_refuses_xattr`] found in a run: by (name, value length, kind
+/// probed), whether the store refused it; the names it refused as not supported, by
+/// kind probed ([`probe_kind`]).
 type XattrProbes = (
-    HashMap<(Vec<u8>, usize), bool>,
-    std::collections::HashSet<Vec<u8>>,
+    HashMap<(Vec<u8>, usize, Kind), bool>,
+    std::collections::HashSet<(Vec<u8>, Kind)>,
 );
 
 pub struct TreeSink {
@@ -897,26 +898,28 @@ impl Sink for TreeSink {
         prev_xattrs(dir.prev.as_ref(), name)
     }
 
-    fn refuses_xattr_name(&self, name: &[u8]) -> bool {
+    fn refuses_xattr_name(&self, name: &[u8], kind: Kind) -> bool {
         let p = self.xattr_probes.lock().unwrap_or_else(|e| e.into_inner());
-        p.1.contains(name)
+        p.1.contains(&(name.to_vec(), probe_kind(kind)))
     }
 
-    /// Sets the attribute on a file made for the probe beside the staging root, then
-    /// removes the file: once a name and value length a run (a name the store does
-    /// not support, once a name).
-    fn still_refuses_xattr(&self, name: &[u8], value: &[u8]) -> bool {
+    /// Sets the attribute on an entry of the kind (a regular file, a fifo, a socket:
+    /// [`probe_kind`]) made for the probe beside the staging root, then removes it:
+    /// once a name, value length and kind a run (a name the store does not support,
+    /// once a name and kind).
+    fn still_refuses_xattr(&self, name: &[u8], value: &[u8], kind: Kind) -> bool {
+        let kind = probe_kind(kind);
         let mut p = self.xattr_probes.lock().unwrap_or_else(|e| e.into_inner());
-        if p.1.contains(name) {
+        if p.1.contains(&(name.to_vec(), kind)) {
             return true;
         }
-        let key = (name.to_vec(), value.len());
+        let key = (name.to_vec(), value.len(), kind);
         if let Some(r) = p.0.get(&key) {
             return *r;
         }
-        let (refused, unsupported) = probe_xattr(b(&self.staging), name, value);
+        let (refused, unsupported) = probe_xattr(b(&self.staging), name, value, kind);
         if unsupported {
-            p.1.insert(name.to_vec());
+            p.1.insert((name.to_vec(), kind));
         }
         p.0.insert(key, refused);
         refused
@@ -1133,16 +1136,56 @@ fn probe(staging: BorrowedFd<'_>, chown: bool) -> StoreProbe {
 /// in `.snapring/staging/` for an interrupted run's tree.
 const XATTR_PROBE: &str = ".snapring-xattr-probe";
 
+/// The pid in the name of a probe [`probe_xattr`] made
+/// (`.snapring-xattr-probe-<pid>-<time>-<n>.tmp`), if it is one.
+fn xattr_probe_pid(name: &[u8]) -> Option<u32> {
+    let rest = name
+        .strip_prefix(XATTR_PROBE.as_bytes())?
+        .strip_prefix(b"-")?
+        .strip_suffix(b".tmp")?;
+    let digits = rest.split(|c| *c == b'-').next()?;
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Removes the xattr probes a backup killed between a probe's creation and its removal
+/// left in `dir` (`.snapring/staging/`), by the rules of the temp files of
+/// `write_atomic` ([`crate::util::sweep_tmps`]: a dead pid's after 10 minutes, any
+/// after an hour); called under the store's lock, at a run's start. How many.
+pub fn sweep_xattr_probes(dir: &std::path::Path) -> usize {
+    crate::util::sweep_tmps(
+        dir,
+        xattr_probe_pid,
+        "a backup killed as it probed the store",
+    )
+}
+
 /// The probes [`probe_xattr`] made in this process: each name is unique in the run.
 static XATTR_PROBES: AtomicU64 = AtomicU64::new(0);
 
+/// The kind of entry [`probe_xattr`] makes for an entry of `kind`: its own for a fifo
+/// or a socket, else a regular file (only those three kinds record refused attributes,
+/// `manifest::Entry::records_refused`). Not a regular file for all: a file system may
+/// take an attribute on a regular file and not on a special one (an ACL where its
+/// special files' inodes have no ACL operations: `set_acl` is the inode's, EOPNOTSUPP
+/// without it), and the unchanged fifo was made again every run, to be refused again.
+fn probe_kind(kind: Kind) -> Kind {
+    match kind {
+        Kind::Fifo | Kind::Socket => kind,
+        _ => Kind::File,
+    }
+}
+
 /// Whether the store refuses attribute `name` with `value`, and whether as not
-/// supported (any value): tried on a file made for it beside `staging` (in its parent
-/// directory, on the same file system) and removed. Its name is the process id, the
-/// time and a counter; one left by another run (EEXIST: the same pid in a container) is
-/// passed over for the next name, not taken for a refusal. A probe that cannot be made
-/// counts as refused (the entry stays linked, as last run).
-fn probe_xattr(staging: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> (bool, bool) {
+/// supported (any value): tried on an entry of `kind` ([`probe_kind`]: a regular file,
+/// a fifo or a socket) made for it beside `staging` (in its parent directory, on the
+/// same file system) and removed. Its name is the process id, the time and a counter;
+/// one left by another run (EEXIST: the same pid in a container) is passed over for
+/// the next name, not taken for a refusal. A probe that cannot be made counts as
+/// refused (the entry stays linked, as last run).
+fn probe_xattr(staging: BorrowedFd<'_>, name: &[u8], value: &[u8], kind: Kind) -> (bool, bool) {
     let parent = match rustix::fs::openat(
         staging,
         "..",
@@ -1159,20 +1202,32 @@ fn probe_xattr(staging: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> (bool, boo
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let mut tries = 0;
-    let (file, fd) = loop {
+    let mode = rustix::fs::Mode::from_raw_mode(0o600);
+    let file = loop {
         let n = XATTR_PROBES.fetch_add(1, Ordering::Relaxed);
         let file = format!("{XATTR_PROBE}-{}-{nanos:x}-{n}.tmp", std::process::id());
-        match rustix::fs::openat(
-            &parent,
-            file.as_str(),
-            rustix::fs::OFlags::CREATE
-                | rustix::fs::OFlags::EXCL
-                | rustix::fs::OFlags::WRONLY
-                | rustix::fs::OFlags::NOFOLLOW
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::from_raw_mode(0o600),
-        ) {
-            Ok(fd) => break (file, fd),
+        let made = match kind {
+            Kind::Fifo | Kind::Socket => {
+                let t = match kind {
+                    Kind::Fifo => rustix::fs::FileType::Fifo,
+                    _ => rustix::fs::FileType::Socket,
+                };
+                rustix::fs::mknodat(&parent, file.as_str(), t, mode, 0)
+            }
+            _ => rustix::fs::openat(
+                &parent,
+                file.as_str(),
+                rustix::fs::OFlags::CREATE
+                    | rustix::fs::OFlags::EXCL
+                    | rustix::fs::OFlags::WRONLY
+                    | rustix::fs::OFlags::NOFOLLOW
+                    | rustix::fs::OFlags::CLOEXEC,
+                mode,
+            )
+            .map(drop),
+        };
+        match made {
+            Ok(()) => break file,
             Err(Errno::EXIST) if tries < 16 => tries += 1,
             Err(e) => {
                 tracing::debug!("cannot make the xattr probe {file} beside staging: {e}");
@@ -1180,14 +1235,16 @@ fn probe_xattr(staging: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> (bool, boo
             }
         }
     };
-    let set = rustix::fs::fsetxattr(&fd, name, value, rustix::fs::XattrFlags::empty());
-    drop(fd);
+    // By its path (`lsetxattr`), as `finish_special` sets a fifo's: a fifo is not
+    // opened (an open for writing waits for a reader).
+    let xs: Xattrs = vec![(name.to_vec(), value.to_vec())];
+    let set = fsx::write_xattrs(&XattrTarget::At(b(&parent), file.as_bytes()), &xs);
     if let Err(e) = fsx::unlink_at(b(&parent), file.as_bytes()) {
         tracing::warn!("cannot remove the xattr probe {file} beside staging: {e}");
     }
     match set {
-        Ok(()) => (false, false),
-        Err(e) if e == Errno::NOTSUP || e == Errno::OPNOTSUPP => (true, true),
+        Ok(r) if r.is_empty() => (false, false),
+        Ok(r) => (true, r.iter().any(|(_, why)| *why == fsx::NOT_SUPPORTED)),
         Err(_) => (true, false),
     }
 }
@@ -1236,7 +1293,7 @@ mod tests {
             return;
         }
         let blocked = std::fs::write(st.join("x"), b"").is_err();
-        let got = probe_xattr(b(&fd), b"user.probe", b"v");
+        let got = probe_xattr(b(&fd), b"user.probe", b"v", Kind::File);
         assert!(immutable(false));
         if !blocked {
             eprintln!("skipped: an immutable directory takes new files here");

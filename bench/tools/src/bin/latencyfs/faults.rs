@@ -8,6 +8,11 @@
 //! - `--link-limit N`: `link` fails with EMLINK when the inode already has N links.
 //! - `--no-user-xattrs`: setting a `user.*` extended attribute fails with EOPNOTSUPP,
 //!   as on a file system (or an NFS export) without them.
+//! - `--no-xattrs PREFIX`: setting an extended attribute whose name starts with PREFIX
+//!   (`trusted.`, `security.`) fails with EOPNOTSUPP, as `security.selinux` onto NFS.
+//! - `--no-special-xattrs PREFIX`: the same, only on entries that are neither regular
+//!   files nor directories (fifos, sockets, devices), as on a file system whose
+//!   special files' inodes have no ACL operations.
 //! - `--no-chown`: changing an owner or group to another than the file has fails with
 //!   EPERM, whoever asks, as on an NFS export with `root_squash` (knfsd's default).
 //! - `--time-granularity-ns N` (`--whole-second-times`: N = 10^9): file times are kept
@@ -72,6 +77,10 @@ pub struct Faults {
     eio_list: Vec<(String, usize)>,
     dup_list: Vec<String>,
     no_user_xattrs: bool,
+    /// `--no-xattrs`: name prefixes whose attributes are refused (EOPNOTSUPP).
+    no_xattrs: Vec<String>,
+    /// `--no-special-xattrs`: the same, on special files only.
+    no_special_xattrs: Vec<String>,
     no_chown: bool,
     /// `--time-granularity-ns`: times are kept to this many ns (0: exactly).
     time_granularity: u64,
@@ -137,6 +146,8 @@ impl Faults {
                 "--eio-list",
                 "--dup-list",
                 "--time-granularity-ns",
+                "--no-xattrs",
+                "--no-special-xattrs",
             ];
             if a == "--per-file" {
                 f.per_file = true;
@@ -174,6 +185,8 @@ impl Faults {
                 "--eio-stat" => f.eio_stat.push(v),
                 "--dup-list" => f.dup_list.push(v),
                 "--time-granularity-ns" => f.time_granularity = num(&v)?,
+                "--no-xattrs" => f.no_xattrs.push(v),
+                "--no-special-xattrs" => f.no_special_xattrs.push(v),
                 "--eio-list" => {
                     let (p, n) = match v.rsplit_once(':') {
                         Some((p, n)) => (p.to_string(), num(n)? as usize),
@@ -237,9 +250,25 @@ impl Faults {
         (entries, fail)
     }
 
-    /// EOPNOTSUPP for setting extended attribute `name`?
-    pub fn setxattr(&self, name: &OsStr) -> Result<(), Errno> {
+    /// EOPNOTSUPP for setting extended attribute `name` (on a `special` file: neither
+    /// regular nor a directory)?
+    pub fn setxattr(&self, name: &OsStr, special: bool) -> Result<(), Errno> {
+        if special
+            && self
+                .no_special_xattrs
+                .iter()
+                .any(|p| name.as_bytes().starts_with(p.as_bytes()))
+        {
+            return Err(Errno::EOPNOTSUPP);
+        }
         if self.no_user_xattrs && name.as_bytes().starts_with(b"user.") {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if self
+            .no_xattrs
+            .iter()
+            .any(|p| name.as_bytes().starts_with(p.as_bytes()))
+        {
             return Err(Errno::EOPNOTSUPP);
         }
         Ok(())

@@ -876,8 +876,10 @@ impl Filesystem for LatFs {
     ) {
         self.wait(Call::Setxattr);
         self.trace(Call::Setxattr, ino);
-        tryr!(reply, self.faults.setxattr(name));
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
+        let special = std::fs::symlink_metadata(self.full(&rel))
+            .is_ok_and(|m| !m.file_type().is_file() && !m.file_type().is_dir());
+        tryr!(reply, self.faults.setxattr(name, special));
         match rustix::fs::lsetxattr(
             self.full(&rel),
             name,
