@@ -297,14 +297,16 @@ fn settle_dead(
 ) -> Option<(crate::store::Store, crate::report::RunReport)> {
     let settled = crate::catalog::settle_in_store(root, id, "catalog");
     let store = crate::store::Store::open(root, false).ok()?;
-    let mut r = match settled {
-        Some(r) => r,
-        None => store.read_run(id).ok().flatten()?,
-    };
-    // Still `running` once settled: a live run holds the store (one run by hand): not
-    // the dead one's record, and not to be written without the lock.
+    // Read and written under the claim: a run of the job that tells the death
+    // meanwhile ([`tell_untold_deaths`]) has its notifiers' outcomes in the record
+    // first (they were written over, and the death told again).
+    let _claim = death_claim(&store);
+    let mut r = store.read_run(id).ok().flatten().or(settled)?;
+    // Still `running` once settled: a live command holds the store (a run by hand, a
+    // restore's shared lock): not to be written without the lock; given as it is, for
+    // the loop to ask again ([`State::died`], [`State::mark_told`]).
     if r.status == crate::report::Status::Running {
-        return None;
+        return Some((store, r));
     }
     let told = fate
         .compare_exchange(PENDING, ANSWERED, Ordering::SeqCst, Ordering::SeqCst)
@@ -1031,15 +1033,18 @@ impl State<'_> {
             self.event(Some(&name), "skipped", &msg);
         }
         self.tell_untold(untold, cut);
+        let mut over = Vec::new();
         for (name, j) in &self.jobs {
             match j.next {
                 Some(n) => tracing::info!("job {name}: next run at {}", n.to_rfc3339()),
-                None => {
-                    let msg = "its schedule has no time left (its last is past): it will not run";
-                    tracing::warn!("job {name}: {msg}");
-                    self.event(Some(name), "error", msg);
-                }
+                None => over.push(name.clone()),
             }
+        }
+        for name in over {
+            self.schedule_over(
+                &name,
+                "its schedule has no time left (its last is past): it will not run",
+            );
         }
     }
 
@@ -1409,9 +1414,13 @@ impl State<'_> {
                 },
             );
             match answer {
-                // No store there (not mounted yet, as at boot): still to mark, and
+                // No store there (not mounted yet, as at boot), or its record still
+                // `running` (a live command holds the store): still to mark, and
                 // still noted in the catalog for the next daemon.
                 Answer::Got(None) => self.unmarked.push(u),
+                Answer::Got(Some(Some((_, r)))) if r.status == crate::report::Status::Running => {
+                    self.unmarked.push(u)
+                }
                 Answer::Got(Some(_)) => {
                     tracing::info!(
                         "run {}: its store answered: its record there now says its death was told",
@@ -1716,6 +1725,29 @@ impl State<'_> {
                         gave_up = Some((row_id, row_store));
                         None
                     }
+                    // Still `running`: a live command holds its store (a restore or a
+                    // verify, whose shared lock repairs nothing; a run by hand about to
+                    // repair it). Told as a plain "failed" with no run id, its record
+                    // was settled later into an untold death and told again: waited
+                    // for, up to the loop's giving up.
+                    Answer::Got(Some((_, r)))
+                        if r.status == crate::report::Status::Running && !give_up =>
+                    {
+                        return false;
+                    }
+                    Answer::Got(Some((_, r))) if r.status == crate::report::Status::Running => {
+                        // Given up: told without its record, which is marked told
+                        // once it is settled ([`State::mark_told`]).
+                        self.settling.remove(&question);
+                        self.unmarked.push(Unmarked {
+                            key,
+                            root: PathBuf::from(&row_store),
+                            id: row_id.clone(),
+                            cause: msg.clone(),
+                            question,
+                        });
+                        None
+                    }
                     Answer::Got(s) => {
                         self.settling.remove(&question);
                         s
@@ -1724,6 +1756,23 @@ impl State<'_> {
             }
         };
         drop(cat);
+        // Its death told already (by a run of the job that found it untold first,
+        // [`tell_untold_deaths`]): its record, with the outcomes, stands.
+        if let Some((_, r)) = &settled
+            && r.status == crate::report::Status::Incomplete
+            && r.message
+                .starts_with("interrupted: the process ended before finishing")
+            && !r.notifications.is_empty()
+        {
+            if let Some(c) = self.opts.catalog.as_deref() {
+                record_run(Some(c), self.opts.catalog_on_nfs, None, r);
+            }
+            tracing::info!(
+                "job {name}: its run {}'s process {why}; a run of the job told its death already",
+                r.id
+            );
+            return true;
+        }
         // A run that recorded its end `complete` and was killed after (while it
         // notified, or in its post command) did not fail: its record stands, and
         // nobody is told it failed (it was dropped here, and the generic notice below,
@@ -1853,9 +1902,38 @@ impl State<'_> {
         let catalog = self.opts.catalog.clone();
         let on_nfs = self.opts.catalog_on_nfs;
         let name = name.to_string();
+        // A death, told under its store's claim ([`death_claim`]) and only if its
+        // record still says untold: a `snapring run` of the job (the run this daemon
+        // resumes it with, or one by cron) may have found and told it meanwhile.
+        let claimed = only.is_none() && matches!(&settled, Some((Some(_), r)) if died_untold(r));
         let sent = std::thread::Builder::new()
             .name(format!("notify-{name}"))
             .spawn(move || {
+                let (mut settled, mut nobody, mut notice) = (settled, nobody, notice);
+                let mut _claim = None;
+                if claimed && let Some((Some(store), r)) = settled.as_mut() {
+                    _claim = death_claim(store);
+                    match store.read_run(&r.id) {
+                        Ok(Some(now)) if died_untold(&now) => {
+                            if let Some(n) = nobody.as_mut() {
+                                let warning = n.warnings.pop();
+                                *n = now.clone();
+                                n.warnings.extend(warning);
+                            } else {
+                                notice = crate::notify::Notice::backup(&now);
+                            }
+                            *r = now;
+                        }
+                        Ok(Some(_)) => {
+                            tracing::info!(
+                                "job {name}: the death of its run {} was told meanwhile (by a run of the job); not told again",
+                                r.id
+                            );
+                            return;
+                        }
+                        _ => {}
+                    }
+                }
                 let outcomes = crate::notify::send_notice(&notifiers, &notice);
                 for o in &outcomes {
                     if !o.ok {
@@ -1930,6 +2008,8 @@ impl State<'_> {
             .collect();
         // Runs beyond `max_runs` wait in due order.
         due.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        // The jobs whose schedule has no time left after this one.
+        let mut ran_out = Vec::new();
         for (name, at) in due {
             let mut started = false;
             let mut queued = false;
@@ -2007,6 +2087,9 @@ impl State<'_> {
             }
             j.next = j.schedule.next_after(now.max(at));
             j.handled = Some(t);
+            if j.next.is_none() {
+                ran_out.push(name.clone());
+            }
             // The run due at `at` stands for them only if it started (it was skipped
             // too, or could not start: the messages said it "started late" anyway).
             let stands = match (started, queued) {
@@ -2025,6 +2108,22 @@ impl State<'_> {
                 self.event(Some(&name), "skipped", &msg);
             }
         }
+        for name in ran_out {
+            self.schedule_over(&name, "its schedule has no time left after this run (its last is past): it will not run again");
+        }
+    }
+
+    /// Job `name` has no time left in its schedule (`msg` says since when): logged, an
+    /// `error` event, and its notifiers told (a job that silently stopped being backed up
+    /// is the failure they most need to hear of: after a `cron(… 2026)` schedule's last
+    /// run the daemon went quiet, and nothing said so until its next start).
+    fn schedule_over(&mut self, name: &str, msg: &str) {
+        tracing::warn!("job {name}: {msg}");
+        self.event(Some(name), "error", msg);
+        let cfg = self.cfg.clone();
+        let subject = format!("snapring: job {name}: its schedule has no time left");
+        let notice = job_notice(name, crate::report::Status::Failed, subject, msg);
+        self.tell(name, &cfg, None, || notice);
     }
 
     /// Why a queued run (of job `name`, writing `store`) has not started: another job's
@@ -2417,6 +2516,72 @@ fn died_untold(r: &crate::report::RunReport) -> bool {
             .warnings
             .iter()
             .any(|w| w.starts_with(TOLD_NOBODY) || w == TOLD_BEFORE_STORE)
+}
+
+/// The claim to tell the deaths of a store's runs: an exclusive `flock` on
+/// `.snapring/told.lock`, waited for, held while a death is told and its notifiers'
+/// outcomes written into its record. Whoever tells a death (the daemon, at its start
+/// or when it reaps a run; a `snapring run` of the job, [`tell_untold_deaths`]) takes
+/// it, then reads the record again and tells it only if it is still untold
+/// ([`died_untold`]): a daemon and a run (or the daemon's own resumed run) that find the
+/// same death tell it once. `None` if the file cannot be opened (a store that cannot
+/// be written: the death is told all the same, as it was before the claim).
+fn death_claim(store: &crate::store::Store) -> Option<std::fs::File> {
+    let path = store.meta.join("told.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| tracing::warn!("{}: cannot open it: {e}", crate::relpath::shown(&path)))
+        .ok()?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| tracing::warn!("{}: cannot lock it: {e}", crate::relpath::shown(&path)))
+        .ok()?;
+    Some(f)
+}
+
+/// Tells the notifiers of job `name` (`notifiers`; none: nothing is done, and a later
+/// daemon start marks it told to nobody) of its runs in the hard-link store at
+/// `root` that died before they recorded their end and that nobody was told of
+/// ([`died_untold`]), oldest first, as a daemon's start finds them
+/// ([`look_in_store`]: a dead `running` record is settled `incomplete` first, under the
+/// store's lock). For `snapring run` / `backup --config` before its backup: a run
+/// started by cron or a timer and killed (the out-of-memory killer) was settled by the
+/// next command and told to nobody, night after night, unless a daemon started. Each
+/// under the store's [`death_claim`], told only if still untold, and its notifiers'
+/// outcomes written into its record and its catalog row (`catalog`: path, on NFS):
+/// neither a later run nor a daemon's start tells it again.
+pub fn tell_untold_deaths(
+    root: &Path,
+    name: &str,
+    catalog: Option<(&Path, bool)>,
+    notifiers: &[(String, crate::notify::NotifierConfig)],
+) {
+    if notifiers.is_empty() || !root.join(crate::store::META_DIR).is_dir() {
+        return;
+    }
+    for (store, r) in look_in_store(root, name).untold {
+        let claim = death_claim(&store);
+        let mut r = match store.read_run(&r.id) {
+            Ok(Some(now)) if died_untold(&now) => now,
+            Ok(Some(_)) => continue,
+            _ => r,
+        };
+        tracing::warn!(
+            "job {name}: its run {} ended before it recorded its end and was never notified ({}); telling its notifiers",
+            r.id,
+            r.message
+        );
+        r.notifications = crate::notify::send_notice(notifiers, &crate::notify::Notice::backup(&r));
+        record_run(
+            catalog.map(|c| c.0),
+            catalog.is_some_and(|c| c.1),
+            Some(&store),
+            &r,
+        );
+        drop(claim);
+    }
 }
 
 /// The warning in the record of a run whose death the daemon told to nobody (its job

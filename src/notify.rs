@@ -160,6 +160,18 @@ impl NotifierConfig {
         let (env, file, what) = match self.kind.as_str() {
             "webhook" => (&self.url_env, &self.url_file, "webhook url"),
             "email" => (&self.password_env, &self.password_file, "smtp password"),
+            // A program that is not there, or not executable, fails every time too.
+            "command" => {
+                if let Some(prog) = self.command.first().filter(|c| !c.is_empty())
+                    && let Err(e) = program_found(prog)
+                {
+                    p.push((
+                        Some("command"),
+                        format!("{e}: the notifier would fail every time"),
+                    ));
+                }
+                return p;
+            }
             _ => return p,
         };
         let key = match (env, file, what) {
@@ -193,6 +205,33 @@ impl NotifierConfig {
             .and_then(|t| crate::util::parse_duration(t).ok())
             .unwrap_or(Duration::from_secs(30))
     }
+}
+
+/// Whether a command notifier's program `prog` can be started here: a path (with a
+/// `/`) names a regular file this process may execute; a bare name is found so on
+/// `PATH` (as `Command` looks it up). The error says which, for `config check`
+/// ([`NotifierConfig::secret_problems`]).
+fn program_found(prog: &str) -> std::result::Result<(), String> {
+    let runnable = |p: &std::path::Path| -> std::result::Result<(), String> {
+        let shown = crate::relpath::shown(p);
+        match std::fs::metadata(p) {
+            Err(e) => Err(format!("program {shown}: {e}")),
+            Ok(m) if !m.is_file() => Err(format!("program {shown} is not a regular file")),
+            Ok(_) => rustix::fs::access(p, rustix::fs::Access::EXEC_OK)
+                .map_err(|e| format!("program {shown} cannot be executed: {e}")),
+        }
+    };
+    if prog.contains('/') {
+        return runnable(std::path::Path::new(prog));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|d| runnable(&d.join(prog)).is_ok()) {
+        return Ok(());
+    }
+    Err(format!(
+        "program {prog} is not found on the PATH of this check ({}): give its absolute path",
+        path.to_string_lossy()
+    ))
 }
 
 /// What happened when one notifier was tried (defined beside the run report).
@@ -450,7 +489,7 @@ pub fn send_notice(notifiers: &[(String, NotifierConfig)], r: &Notice) -> Vec<Ou
             }
             match &last {
                 None => tracing::info!("notified {name} ({}) of run {}", c.kind, r.id),
-                Some(e) => tracing::error!("notifier {name} ({}) failed after {n} attempts: {e}; the run's status is unchanged", c.kind),
+                Some(e) => tracing::error!("notifier {name} ({}) failed after {n} attempt{}: {e}; the run's status is unchanged", c.kind, if n == 1 { "" } else { "s" }),
             }
             Outcome {
                 notifier: name.clone(),

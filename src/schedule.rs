@@ -137,7 +137,8 @@ pub fn parse(expr: &str, tz: Option<&str>) -> Result<Schedule, String> {
     // A pattern that never fires (31 February) is an error, not a silent idle job. One
     // whose last time is past (a year that is over) is not: it fired, and a config must
     // not break by itself when a date passes (every run parses it, a one-time job's
-    // own run included). The daemon says so at start and reload.
+    // own run included). The daemon says so at start and reload, and tells the job's
+    // notifiers; `config check` refuses it (`config::check`).
     if s.next_after(DateTime::<Utc>::from_timestamp(0, 0).expect("epoch"))
         .is_none()
         && s.next_after(Utc::now()).is_none()
@@ -335,7 +336,29 @@ fn check_fields(fields: &[&str], specs: &[Field]) -> Result<(), String> {
             let (a, b) = match base.split_once('-') {
                 Some((a, b)) => match (value(a, false), value(b, true)) {
                     (Some(a), Some(b)) => (a, Some(b)),
-                    _ => continue,
+                    (Some(_), None) => continue,
+                    // `L-3` (three days before the last, Quartz), `1W-5`: the crate
+                    // said only "Component error: Invalid start of range."
+                    _ => {
+                        return Err(format!(
+                            "the {} field {text:?}{}: a range goes from one value to another                              ({}–{}{}); `L-n` and `W` ranges are not supported",
+                            f.name,
+                            match item == *text {
+                                true => String::new(),
+                                false => format!(" has {item:?}"),
+                            },
+                            f.lo,
+                            f.hi,
+                            match f.names.is_empty() {
+                                true => String::new(),
+                                false => format!(
+                                    ", or names {}–{}",
+                                    f.names[0],
+                                    f.names[f.names.len() - 1]
+                                ),
+                            }
+                        ));
+                    }
                 },
                 None => match value(base, false) {
                     Some(a) => (a, None),
@@ -1383,6 +1406,27 @@ mod tests {
             assert!(!m.contains("Component error"), "{e}: {m}");
         }
         parse("cron(0 0 ? * 2#5 *)", None).unwrap();
+    }
+
+    /// `L-3` (Quartz's third day before the last) was told in croner's words only:
+    /// "Component error: Invalid start of range.", no field named.
+    #[test]
+    fn a_range_from_no_value_is_told_with_its_field() {
+        for (e, field) in [
+            ("cron(0 2 L-3 * ? *)", "day-of-month"),
+            ("0 2 L-3 * *", "day-of-month"),
+            ("0 2 1,L-3 * *", "day-of-month"),
+            ("0 X-3 * * *", "hour"),
+        ] {
+            let m = refused(e);
+            assert!(
+                m.contains(&format!("the {field} field")) && m.contains("a range goes from"),
+                "{e}: {m}"
+            );
+            assert!(!m.contains("Component error"), "{e}: {m}");
+        }
+        parse("0 2 * * MON-FRI", None).unwrap();
+        parse("cron(0 2 ? * MON-FRI *)", None).unwrap();
     }
 
     #[test]

@@ -682,3 +682,71 @@ url_file = "ROOT/not-a-url"
         "{said}"
     );
 }
+
+/// A `command` notifier whose program is not there, or not executable, or a bare name
+/// not on `PATH`, passed `config check`: every failure notice then failed three times
+/// and nobody was told. Each is a problem at its `command` key, as a missing
+/// `password_file` is; a run is not refused for it.
+#[test]
+fn a_command_notifiers_program_not_found_here_is_a_problem_at_its_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    write(&root.join("src/f"), b"x");
+    write(&root.join("nox.sh"), b"#!/bin/sh\nexit 0\n");
+    std::fs::set_permissions(root.join("nox.sh"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    write(&root.join("ok.sh"), b"#!/bin/sh\nexit 0\n");
+    std::fs::set_permissions(root.join("ok.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = r#"[job.home]
+source = "ROOT/src"
+dest = "ROOT/bk"
+notify = ["gone", "nox", "dir", "bare", "ok", "sh"]
+
+[notify.gone]
+type = "command"
+command = ["ROOT/nope.sh"]
+
+[notify.nox]
+type = "command"
+command = ["ROOT/nox.sh", "x"]
+
+[notify.dir]
+type = "command"
+command = ["ROOT/src"]
+
+[notify.bare]
+type = "command"
+command = ["snapring-test-no-such-program"]
+
+[notify.ok]
+type = "command"
+command = ["ROOT/ok.sh"]
+
+[notify.sh]
+type = "command"
+command = ["sh", "-c", "true"]
+"#;
+    std::fs::write(
+        root.join("c.toml"),
+        cfg.replace("ROOT", &root.to_string_lossy()),
+    )
+    .unwrap();
+    let (code, out, err) = run_in(root, &["config", "check", "c.toml"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_lines(
+        &out,
+        "c.toml",
+        &[
+            &("8:1", "notify.gone.command", "No such file or directory"),
+            &("12:1", "notify.nox.command", "cannot be executed"),
+            &("16:1", "notify.dir.command", "is not a regular file"),
+            &("20:1", "notify.bare.command", "is not found on the PATH"),
+        ],
+    );
+    // A run is not refused for them: the notifier fails when it is tried.
+    let (code, out, err) = run_in(
+        root,
+        &["run", "home", "--config", "c.toml", "--no-progress"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -151,6 +151,18 @@ pub fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         );
     }
     let cancel = super::cancel_on_signal();
+    // The job's runs that died untold (killed while run by cron or a timer, which no
+    // daemon saw die): told now, before this run, which may die the same way.
+    if !job.opts.dry_run
+        && let Some(name) = &job.opts.job
+    {
+        snapring::daemon::tell_untold_deaths(
+            &job.opts.store,
+            name,
+            job.catalog.as_ref().map(|c| (c.path.as_path(), c.on_nfs)),
+            &job.notifiers,
+        );
+    }
     let (report, refused) = match snapring::job::run(
         &job.opts,
         job.catalog.as_ref(),

@@ -831,6 +831,9 @@ impl Checker<'_> {
     /// What only the job as a whole can say: a missing source or dest, a store inside
     /// the source, a prefix leading out of it, notifiers no table defines.
     fn job(&mut self, at: Range<usize>, dk: &str, t: &DeTable<'_>, notifiers: &[String]) {
+        if self.secrets {
+            self.schedule_over(dk, t);
+        }
         for (k, example) in [("source", "\"/mnt/efs\""), ("dest", "\"/mnt/backup\"")] {
             if entry(t, k).is_none() {
                 self.push(
@@ -1082,6 +1085,30 @@ impl Checker<'_> {
     /// and are left out here): every problem of the table at once, so that one pass of
     /// edits fixes the file. Without a usable `type`, only what every type shares
     /// (`timeout`) is judged.
+    /// A job's schedule whose last time is past (a year field that is over:
+    /// `cron(0 2 * * ? 2020)`, an EventBridge rule copied with its year), for `config
+    /// check` only (it judges the clock it runs by, as it judges the notifiers' secrets
+    /// on the machine it runs on): refused as one that never fires is, since a daemon
+    /// given it backs the job up no more and never will. A run and the daemon still
+    /// load it (a config must not break by itself when a date passes: the other jobs
+    /// run on), and the daemon tells the job's notifiers that it will not run.
+    fn schedule_over(&mut self, dk: &str, t: &DeTable<'_>) {
+        let Some((expr, at)) = str_of(t, "schedule") else {
+            return;
+        };
+        let tz = str_of(t, "timezone").map(|(z, _)| z);
+        let Ok(s) = crate::schedule::parse(expr, tz) else {
+            return;
+        };
+        let now = chrono::Utc::now();
+        if s.next_after(now).is_none() && !s.past_the_horizon(now) {
+            let m = format!(
+                "schedule {expr:?}: its last time is past (its year field is over): the job would never run again; give the years to come, or remove the job"
+            );
+            self.push(at, dotted(dk, "schedule"), m, None);
+        }
+    }
+
     fn notifier(&mut self, at: Range<usize>, dk: &str, v: &Spanned<DeValue<'_>>) {
         let DeValue::Table(t) = v.get_ref() else {
             return;
