@@ -3259,3 +3259,199 @@ fn a_runs_duration_leaves_out_its_wait_for_a_locked_catalog() {
         "the run's duration counts its wait for the catalog: {secs} s of {took} s"
     );
 }
+
+/// Waits until every time of the store is more than serve's 2 s old, so that a scrape
+/// keeps what it reads of it.
+fn settle() {
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+}
+
+/// `home` of `/api/jobs`.
+fn home_of_api(addr: &str) -> serde_json::Value {
+    json(addr, "/api/jobs")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == "home")
+        .unwrap()
+        .clone()
+}
+
+/// `home`'s snapshots in `/api/jobs`, newest first: (name, run id), and
+/// `snapring_snapshots` of `/metrics`, which must agree.
+fn home_snapshots(addr: &str) -> Vec<(String, String)> {
+    let home = home_of_api(addr);
+    let snaps: Vec<(String, String)> = home["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let id = s["run_id"].as_str().unwrap_or("").to_string();
+            (s["name"].as_str().unwrap().to_string(), id)
+        })
+        .collect();
+    let m = get(addr, "/metrics").body;
+    assert_eq!(
+        home_series(&m, "snapring_snapshots"),
+        Some(snaps.len() as f64),
+        "{m}"
+    );
+    snaps
+}
+
+/// Session 50: serve keeps each store's reading (its snapshots, its newest run record)
+/// while the store's stamp is unchanged. A rotation journal written after the store's
+/// `runs/` last changed (a shard finalize writes its run's record, then publishes;
+/// here the journal of a run killed after writing it is put back by hand after a
+/// scrape) changes what the store reads as: its run as published. Session 49's stamp
+/// was `runs/` alone: with the catalog missing that run's row, serve went on showing
+/// the run before it, `catalog_behind` 0. The journal and `.snapring/` are stamped now.
+#[test]
+fn a_rotation_journal_written_after_a_kept_store_record_shows_its_run() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let dest = f.t.path().join("dest");
+    let first = newest_record(&dest);
+    let out = f
+        .run_cmd("home", &f.cfg, &[], "journal.after_write=kill")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let journal = dest.join(".snapring/journal");
+    assert!(journal.exists(), "no journal left");
+    let rec = newest_record(&dest);
+    assert_eq!(rec["status"], "running", "{rec}");
+    assert_ne!(rec["id"], first["id"]);
+    // The catalog missed the run (held by another writer past the run's waits, say).
+    let db = rusqlite::Connection::open(&f.catalog).unwrap();
+    let id = rec["id"].as_str().unwrap();
+    assert_eq!(
+        db.execute("DELETE FROM runs WHERE id = ?1", [id]).unwrap(),
+        1
+    );
+    drop(db);
+    let aside = f.t.path().join("journal.aside");
+    std::fs::rename(&journal, &aside).unwrap();
+    settle();
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    for _ in 0..2 {
+        let m = get(&s.addr, "/metrics").body;
+        assert_eq!(home_last_status(&m, "complete"), Some(true), "{m}");
+        assert_eq!(home_series(&m, "snapring_catalog_behind"), Some(0.0), "{m}");
+        assert_eq!(home_of_api(&s.addr)["last"]["id"], first["id"]);
+    }
+    std::fs::rename(&aside, &journal).unwrap();
+    // Not scraped before the change is settled (a scrape sooner reads afresh whatever
+    // the stamp, and keeps nothing).
+    settle();
+    let shown = || {
+        let m = get(&s.addr, "/metrics").body;
+        assert_eq!(home_series(&m, "snapring_catalog_behind"), Some(1.0), "{m}");
+        assert_eq!(home_last_status(&m, "complete"), Some(true), "{m}");
+        let home = home_of_api(&s.addr);
+        assert_eq!(home["last"]["id"], rec["id"], "{home}");
+        assert_eq!(home["last"]["status"], "complete", "{home}");
+        assert_eq!(home["snapshots"][0]["run_id"], rec["id"], "{home}");
+    };
+    shown();
+    shown();
+}
+
+/// Session 50: a store's snapshots are kept between scrapes while the store is
+/// unchanged. A run that ends while serve runs, and the rotation of a later one (the
+/// names moved on, the oldest expired, as many snapshots as before), show at the next
+/// scrape, not what was kept.
+#[test]
+fn kept_snapshots_follow_a_run_that_ends_and_a_rotation() {
+    let f = fixture();
+    f.write_cfg(&f.cfg, "label = \"daily\"\nretain = 2");
+    let dest = f.t.path().join("dest");
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let r1 = newest_record(&dest)["id"].as_str().unwrap().to_string();
+    settle();
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let snap = |n: &str, id: &str| (n.to_string(), id.to_string());
+    for _ in 0..2 {
+        assert_eq!(home_snapshots(&s.addr), [snap("daily.0", &r1)]);
+    }
+    // A run ends while serve runs: its snapshot shows at the next scrape.
+    write(&f.t.path().join("src/d0/second"), b"2");
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let r2 = newest_record(&dest)["id"].as_str().unwrap().to_string();
+    let two = [snap("daily.0", &r2), snap("daily.1", &r1)];
+    assert_eq!(home_snapshots(&s.addr), two);
+    let home = home_of_api(&s.addr);
+    assert_eq!(home["last"]["id"], r2.as_str(), "{home}");
+    settle();
+    for _ in 0..2 {
+        assert_eq!(home_snapshots(&s.addr), two);
+    }
+    // A rotation: daily.0 becomes daily.1, daily.1 expires; two snapshots still. No
+    // scrape until it is settled: what is kept must not be given then (a scrape
+    // sooner reads afresh whatever the stamp).
+    write(&f.t.path().join("src/d0/third"), b"3");
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let r3 = newest_record(&dest)["id"].as_str().unwrap().to_string();
+    let rotated = [snap("daily.0", &r3), snap("daily.1", &r2)];
+    settle();
+    for _ in 0..2 {
+        assert_eq!(home_snapshots(&s.addr), rotated);
+        let m = get(&s.addr, "/metrics").body;
+        assert_eq!(home_last_status(&m, "complete"), Some(true), "{m}");
+    }
+}
+
+/// Session 50: a snapshot removed by hand (`rm -rf`) while serve keeps the store's
+/// snapshots is gone at the next scrape, and the newest snapshot's time is the one
+/// left's.
+#[test]
+fn a_snapshot_removed_by_hand_goes_at_the_next_scrape() {
+    let f = fixture();
+    f.write_cfg(&f.cfg, "label = \"daily\"\nretain = 2");
+    let dest = f.t.path().join("dest");
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let r1 = newest_record(&dest);
+    // Its end a second later than the first's: the newest snapshot's time tells them.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    write(&f.t.path().join("src/d0/second"), b"2");
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let r2 = newest_record(&dest);
+    let id = |r: &serde_json::Value| r["id"].as_str().unwrap().to_string();
+    // Its end to the second, as `newest_snapshot_at` gives it.
+    let at = |r: &serde_json::Value| format!("{}Z", &r["finished_at"].as_str().unwrap()[..19]);
+    assert_ne!(at(&r1), at(&r2));
+    settle();
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    for _ in 0..2 {
+        assert_eq!(
+            home_snapshots(&s.addr),
+            [("daily.0".into(), id(&r2)), ("daily.1".into(), id(&r1))]
+        );
+        let home = home_of_api(&s.addr);
+        assert_eq!(home["newest_snapshot_at"], at(&r2), "{home}");
+    }
+    let rm = Command::new("rm")
+        .arg("-rf")
+        .arg(dest.join("daily.0"))
+        .status()
+        .unwrap();
+    assert!(rm.success());
+    // No scrape until the change is settled: what is kept must not be given then (a
+    // scrape sooner reads afresh whatever the stamp, and keeps nothing).
+    settle();
+    let left = || {
+        assert_eq!(home_snapshots(&s.addr), [("daily.1".into(), id(&r1))]);
+        let home = home_of_api(&s.addr);
+        assert_eq!(home["newest_snapshot_at"], at(&r1), "{home}");
+    };
+    left();
+    left();
+    // And at once, as well.
+    let rm = Command::new("rm")
+        .arg("-rf")
+        .arg(dest.join("daily.1"))
+        .status()
+        .unwrap();
+    assert!(rm.success());
+    assert_eq!(home_snapshots(&s.addr), Vec::<(String, String)>::new());
+}

@@ -1,8 +1,9 @@
-//! What the dashboard, `/api/…` and `/metrics` show, gathered afresh for each request
-//! from the config's jobs, the run catalog (opened read-only; the copies of
-//! `snapring copy` per store and repository too) and each job's store
-//! (`Store::open_read`, `statvfs`). Reads only; never a notifier's settings, so no
-//! secret (webhook URL, SMTP password) can reach a page.
+//! What the dashboard, `/api/…` and `/metrics` show, gathered for each request from the
+//! config's jobs, the run catalog (opened read-only; the copies of `snapring copy` per
+//! store and repository too) and each job's store (`Store::open_read`, `statvfs`); the
+//! overview and `/metrics` keep what they read of the catalog while it is unchanged and
+//! of each store while its stamp is (`Summaries`, `Kept`). Reads only; never a
+//! notifier's settings, so no secret (webhook URL, SMTP password) can reach a page.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -132,14 +133,14 @@ pub fn is_repository(store: &Path) -> bool {
 /// The jobs of the overview and `/metrics`, with each job's part from the catalog
 /// (newest runs, counts, last run) kept while the catalog is unchanged, which `PRAGMA
 /// data_version` of the server's one connection tells: counting a job's runs reads each
-/// of its rows, which is most of a scrape's cost with thousands of runs. The stores
-/// (snapshots, free space) are read afresh every time, but for each job's newest run
-/// record there ([`StoreRuns`]).
+/// of its rows, which is most of a scrape's cost with thousands of runs. Each store's
+/// snapshots and each job's newest run record there are kept while the store is
+/// unchanged ([`Kept`]); its free space is read afresh every time.
 #[derive(Default)]
 pub struct Summaries {
     version: Option<i64>,
     parts: HashMap<String, Part>,
-    store_runs: StoreRuns,
+    kept: Kept,
 }
 
 impl Summaries {
@@ -159,7 +160,12 @@ impl Summaries {
             .iter()
             .map(|(name, jc)| {
                 let store = store_of(jc).unwrap_or_default();
-                let mut v = view(name, store, jc, None, now, Depth::Summary);
+                // Taken once for this request, for both reads of the store it keeps.
+                let look = (!store.as_os_str().is_empty() && !is_repository(&store))
+                    .then(|| Look::at(&store, std::time::SystemTime::now()));
+                let stamp = look.as_ref().and_then(|l| l.stamp);
+                let kept = look.as_ref().map(|l| (&mut self.kept, l));
+                let mut v = view(name, store, jc, None, now, Depth::Summary, kept);
                 if let Some(c) = cat {
                     let limit = OVERVIEW_RUNS;
                     let repo = is_repository(&v.store);
@@ -169,7 +175,7 @@ impl Summaries {
                         .or_insert_with(|| part(c, name, limit, repo));
                     p.apply(&mut v, now);
                     live_progress(&mut v, Some(c));
-                    catalog_behind(&mut v, c, Some(&mut self.store_runs));
+                    catalog_behind(&mut v, c, Some((&mut self.kept, stamp)));
                 }
                 store_missing(&mut v);
                 v
@@ -228,6 +234,7 @@ pub fn job(
         cat,
         now,
         d,
+        None,
     ))
 }
 
@@ -249,6 +256,7 @@ pub fn of_run(
         cat,
         now,
         Depth::Summary,
+        None,
     );
     v.last = Some(r.clone());
     v
@@ -261,6 +269,7 @@ fn view(
     cat: Option<&Catalog>,
     now: DateTime<Utc>,
     d: Depth,
+    kept: Option<(&mut Kept, &Look)>,
 ) -> JobView {
     let mut errors = Vec::new();
     let schedule = jc.schedule().unwrap_or_else(|e| {
@@ -303,7 +312,7 @@ fn view(
             .and_then(|s| s.strip_prefix("file://"))
             .and_then(|p| space(Path::new(p)));
     } else if !v.store.as_os_str().is_empty() {
-        from_store(&mut v, cat, now, d);
+        from_store(&mut v, cat, now, d, kept);
     }
     live_progress(&mut v, cat);
     if let Some(c) = cat
@@ -352,77 +361,217 @@ fn newest_store_run(store: &Path, name: &str) -> Option<RunReport> {
     best.map(|b| b.1)
 }
 
-/// Each job's newest finished run record in its store ([`newest_store_run`]: a listing
-/// of `.snapring/runs/` and a read or more, each a round trip on an NFS store), kept
-/// while that directory is as it was: a run's record is created, and rewritten when
-/// the run ends, by a rename into it, which changes its modification time. One `stat`
-/// a job then, instead of that listing and read, for each request of the overview
-/// and `/metrics`. A time of the directory less than [`SETTLED`] before it was read
-/// is not trusted (a second change within the file system's tick of time would leave
-/// it as it was): such a read is not kept, and the next request reads again.
+/// What the server keeps of each store between requests of the overview and
+/// `/metrics`: its snapshots as [`read_snapshots`] read them (the store opened, its root
+/// listed, `snapshots.json` and a pending journal read, each snapshot directory
+/// `lstat`ed: tens of calls a job, each a round trip on an NFS store) and each job's
+/// newest finished run record there ([`newest_store_run`]: a listing of
+/// `.snapring/runs/` and a read or more), both kept while the store's [`StoreStamp`]
+/// is as it was when they were read. A request then costs a few `stat`s a store (and
+/// its `statvfs`, read afresh: free space changes with no directory changing).
+///
+/// Everything those reads depend on changes a stamped directory or file: a snapshot
+/// published, rotated, expired or removed by hand renames or removes an entry of the
+/// root; a run record created or rewritten is renamed into `runs/`; `snapshots.json`,
+/// `store.json` and the rotation journal are written by a rename into `.snapring/`
+/// (and the journal removed from it), and `snapshots.json` and the journal are stamped
+/// themselves too, for an edit in place; a copied store's manifests (which give its
+/// snapshots their records) arrive in `manifests/`. The change time is in each stamp:
+/// a tool that sets a directory's modification time back (`rsync -a`, `touch -d`)
+/// moves its change time on. A stamp with a time less than [`SETTLED`] before the
+/// request is not trusted (a second change within the file system's tick of time would
+/// leave it as it was): what is read then is not kept, and the next request reads
+/// again (so a store a run is writing is read afresh until it has been quiet for
+/// [`SETTLED`]).
+///
+/// Not stamped: a snapshot directory's own modification time, shown (as its time) only
+/// for a tree without a record (taken over from another tool) and read again when the
+/// root changes; the trees' contents, which serve never reads but for a copied tree's
+/// check against its manifest, made once per process anyway.
 #[derive(Default)]
-struct StoreRuns(HashMap<(PathBuf, String), (Stamp, Option<RunReport>)>);
+struct Kept {
+    snapshots: HashMap<PathBuf, (StoreStamp, Listed)>,
+    runs: HashMap<(PathBuf, String), (StoreStamp, Option<RunReport>)>,
+}
 
-/// How long before a read of `runs/` its time must be for the read to be kept
-/// ([`StoreRuns`]): well above any file system's tick, and some clock skew with an
-/// NFS server.
+/// How long before a request the times of a store's stamp must be for what is read
+/// under it to be kept ([`Kept`]): well above any file system's tick, and some clock
+/// skew with an NFS server.
 const SETTLED: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// What tells a directory changed: its identity and its modification and change times.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// What tells a directory or file changed: its identity, size and its modification
+/// and change times.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Stamp {
     dev: u64,
     ino: u64,
+    size: u64,
     mtime: (i64, i64),
     ctime: (i64, i64),
 }
 
 impl Stamp {
-    /// The stamp of `dir` (followed, as `read_dir` follows it), when it can be
-    /// trusted at `now`: its times at least [`SETTLED`] before `now`.
-    fn settled(dir: &Path, now: std::time::SystemTime) -> Option<Stamp> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(dir).ok()?;
-        let before = now.checked_sub(SETTLED)?;
+    /// The stamp of what `st` (a `stat` of it) says, when it can be trusted at `now`:
+    /// its times at least [`SETTLED`] before `now`.
+    fn settled(st: &rustix::fs::Stat, now: std::time::SystemTime) -> Result<Stamp, ()> {
+        let before = now.checked_sub(SETTLED).ok_or(())?;
         let at = |s: i64, ns: i64| {
             let d = std::time::Duration::new(u64::try_from(s).ok()?, u32::try_from(ns).ok()?);
             std::time::UNIX_EPOCH.checked_add(d)
         };
-        if at(m.mtime(), m.mtime_nsec())? > before || at(m.ctime(), m.ctime_nsec())? > before {
-            return None;
+        let mtime = (st.st_mtime, st.st_mtime_nsec as i64);
+        let ctime = (st.st_ctime, st.st_ctime_nsec as i64);
+        let settled = |t: (i64, i64)| at(t.0, t.1).is_some_and(|t| t <= before);
+        if !settled(mtime) || !settled(ctime) {
+            return Err(());
         }
-        Some(Stamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
+        Ok(Stamp {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime,
+            ctime,
         })
     }
 }
 
-impl StoreRuns {
-    /// [`newest_store_run`] of job `name` in `store`, kept while its `runs/` is
-    /// unchanged; `now`: the time of the request.
-    fn newest(
-        &mut self,
-        store: &Path,
-        name: &str,
-        now: std::time::SystemTime,
-    ) -> Option<RunReport> {
-        let runs = store.join(crate::store::META_DIR).join("runs");
+/// The stamps a store's reading is kept under ([`Kept`]): its root, `.snapring/`, the
+/// snapshot state, the rotation journal, `runs/` and `manifests/` (each `None` when
+/// absent).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct StoreStamp {
+    root: Stamp,
+    meta: Option<Stamp>,
+    state: Option<Stamp>,
+    journal: Option<Stamp>,
+    runs: Option<Stamp>,
+    manifests: Option<Stamp>,
+}
+
+/// What serve looks at of a store for each request of the overview and `/metrics`: its
+/// stamp, and its free space (read on the directory the stamp was taken of).
+struct Look {
+    /// `None` when it cannot be trusted (a part changed less than [`SETTLED`] before,
+    /// or cannot be read) or there is no store directory: then nothing is kept, and the
+    /// store is read afresh.
+    stamp: Option<StoreStamp>,
+    /// `None` when the store's root could not be opened (not made yet: the free space
+    /// is then that of its nearest existing parent, [`space`]).
+    space: Option<Option<Space>>,
+}
+
+impl Look {
+    /// Looks at `store` at `now`. The root is opened once (`O_PATH`, followed, as
+    /// `Store::open_read` follows it) and `.snapring/` beside it, and what is stamped
+    /// is `stat`ed from those: on an NFS store without attribute caching, each
+    /// component of a path costs a round trip or two every time it is walked.
+    fn at(store: &Path, now: std::time::SystemTime) -> Look {
+        use rustix::fs::{AtFlags, CWD, Mode, OFlags};
+        let dir = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let Ok(root) = rustix::fs::openat(CWD, store, dir, Mode::empty()) else {
+            return Look {
+                stamp: None,
+                space: None,
+            };
+        };
+        let space = Some(rustix::fs::fstatvfs(&root).ok().map(|s| Space {
+            free_bytes: s.f_bavail.saturating_mul(s.f_frsize),
+            total_bytes: s.f_blocks.saturating_mul(s.f_frsize),
+            free_inodes: s.f_favail,
+            total_inodes: s.f_files,
+        }));
+        let stamp = (|| {
+            let root_stamp = Stamp::settled(&rustix::fs::fstat(&root).ok()?, now).ok()?;
+            let meta = match rustix::fs::openat(&root, crate::store::META_DIR, dir, Mode::empty()) {
+                Ok(m) => m,
+                Err(rustix::io::Errno::NOENT) => {
+                    return Some(StoreStamp {
+                        root: root_stamp,
+                        meta: None,
+                        state: None,
+                        journal: None,
+                        runs: None,
+                        manifests: None,
+                    });
+                }
+                Err(_) => return None,
+            };
+            // A file is read without following a symbolic link; a directory is
+            // followed, as `read_dir` follows it.
+            let of = |name: &str, flags: AtFlags| -> Result<Option<Stamp>, ()> {
+                match rustix::fs::statat(&meta, name, flags) {
+                    Ok(st) => Stamp::settled(&st, now).map(Some),
+                    Err(rustix::io::Errno::NOENT) => Ok(None),
+                    Err(_) => Err(()),
+                }
+            };
+            let file = AtFlags::SYMLINK_NOFOLLOW;
+            Some(StoreStamp {
+                root: root_stamp,
+                meta: Some(Stamp::settled(&rustix::fs::fstat(&meta).ok()?, now).ok()?),
+                state: of("snapshots.json", file).ok()?,
+                journal: of("journal", file).ok()?,
+                runs: of("runs", AtFlags::empty()).ok()?,
+                manifests: of("manifests", AtFlags::empty()).ok()?,
+            })
+        })();
+        Look { stamp, space }
+    }
+}
+
+/// A store's snapshots as shown: each one, and when the newest was taken.
+#[derive(Clone)]
+struct Listed {
+    snaps: Vec<SnapView>,
+    newest_at: Option<DateTime<Utc>>,
+}
+
+impl Kept {
+    /// [`newest_store_run`] of job `name` in `store`, kept while the store's stamp
+    /// (`stamp`, taken for this request; `None`: not to be trusted) is unchanged.
+    fn newest(&mut self, store: &Path, name: &str, stamp: Option<StoreStamp>) -> Option<RunReport> {
         let key = (store.to_path_buf(), name.to_string());
-        let Some(stamp) = Stamp::settled(&runs, now) else {
-            self.0.remove(&key);
+        let Some(stamp) = stamp else {
+            self.runs.remove(&key);
             return newest_store_run(store, name);
         };
-        if let Some((s, r)) = self.0.get(&key)
+        if let Some((s, r)) = self.runs.get(&key)
             && *s == stamp
         {
             return r.clone();
         }
         let r = newest_store_run(store, name);
-        self.0.insert(key, (stamp, r.clone()));
+        self.runs.insert(key, (stamp, r.clone()));
         r
+    }
+
+    /// [`read_snapshots`] of `store`, kept while its stamp is unchanged (an error is
+    /// never kept: it may pass).
+    fn snapshots(
+        &mut self,
+        store: &Path,
+        stamp: Option<StoreStamp>,
+    ) -> Result<Listed, crate::error::Error> {
+        let Some(stamp) = stamp else {
+            self.snapshots.remove(store);
+            return read_snapshots(store);
+        };
+        if let Some((s, l)) = self.snapshots.get(store)
+            && *s == stamp
+        {
+            return Ok(l.clone());
+        }
+        let l = read_snapshots(store);
+        match &l {
+            Ok(l) => {
+                self.snapshots
+                    .insert(store.to_path_buf(), (stamp, l.clone()));
+            }
+            Err(_) => {
+                self.snapshots.remove(store);
+            }
+        }
+        l
     }
 }
 
@@ -437,13 +586,14 @@ impl StoreRuns {
 /// unknown (`null`, no counter series) rather than the catalog's stale or zero ones,
 /// an error, and `snapring_catalog_behind` 1. The run's own warning about the catalog
 /// (a run that could not record itself says so in its record) is quoted.
-/// `kept`: the server's records read before ([`StoreRuns`]); `None` reads afresh.
-fn catalog_behind(v: &mut JobView, c: &Catalog, kept: Option<&mut StoreRuns>) {
+/// `kept`: the server's records read before ([`Kept`]) and the store's stamp for this
+/// request; `None` reads afresh.
+fn catalog_behind(v: &mut JobView, c: &Catalog, kept: Option<(&mut Kept, Option<StoreStamp>)>) {
     if is_repository(&v.store) || v.store.as_os_str().is_empty() {
         return;
     }
     let newest = match kept {
-        Some(k) => k.newest(&v.store, &v.name, std::time::SystemTime::now()),
+        Some((k, stamp)) => k.newest(&v.store, &v.name, stamp),
         None => newest_store_run(&v.store, &v.name),
     };
     let Some(r) = newest else {
@@ -872,11 +1022,27 @@ fn settle_copy(v: &mut CopyView, c: &Catalog) {
     }
 }
 
-/// Fills the snapshots and the free space of `v` from its store, read-only.
-fn from_store(v: &mut JobView, cat: Option<&Catalog>, now: DateTime<Utc>, d: Depth) {
-    v.space = space(&v.store);
-    let snaps = match Store::open_read(&v.store).and_then(|s| s.snapshots()) {
-        Ok(s) => s,
+/// Fills the snapshots and the free space of `v` from its store, read-only: the
+/// snapshots as kept (`kept`: the server's, with the store's stamp for this request)
+/// or read afresh, the free space always afresh (it changes as any writer of the file
+/// system writes, which no stamp tells; one `statvfs` a job).
+fn from_store(
+    v: &mut JobView,
+    cat: Option<&Catalog>,
+    now: DateTime<Utc>,
+    d: Depth,
+    kept: Option<(&mut Kept, &Look)>,
+) {
+    v.space = match &kept {
+        Some((_, Look { space: Some(s), .. })) => s.clone(),
+        _ => space(&v.store),
+    };
+    let listed = match kept {
+        Some((k, look)) => k.snapshots(&v.store, look.stamp),
+        None => read_snapshots(&v.store),
+    };
+    let listed = match listed {
+        Ok(l) => l,
         Err(e) => {
             // No store yet is normal before the first run.
             if v.store.join(".snapring").exists() {
@@ -885,7 +1051,22 @@ fn from_store(v: &mut JobView, cat: Option<&Catalog>, now: DateTime<Utc>, d: Dep
             return;
         }
     };
-    v.snapshots = snaps
+    v.snapshots = listed.snaps;
+    if !v.snapshots.is_empty() {
+        newest_snapshot(v, listed.newest_at, now);
+    }
+    if d == Depth::Detail
+        && let Some(c) = cat
+    {
+        sizes(&mut v.snapshots, c);
+    }
+}
+
+/// The snapshots of the store at `store`, newest first, and when the newest was taken
+/// (its run's end, or the directory's time for a tree without a record).
+fn read_snapshots(store: &Path) -> crate::error::Result<Listed> {
+    let snaps = Store::open_read(store).and_then(|s| s.snapshots())?;
+    let views = snaps
         .iter()
         .map(|s| SnapView {
             name: s.name.clone(),
@@ -895,18 +1076,14 @@ fn from_store(v: &mut JobView, cat: Option<&Catalog>, now: DateTime<Utc>, d: Dep
             bytes_added: None,
         })
         .collect();
-    if let Some(newest) = snaps.first() {
-        let at = match &newest.rec {
-            Some(r) => crate::store::select::parse_time(&r.finished_at),
-            None => DateTime::from_timestamp(newest.mtime, 0),
-        };
-        newest_snapshot(v, at, now);
-    }
-    if d == Depth::Detail
-        && let Some(c) = cat
-    {
-        sizes(&mut v.snapshots, c);
-    }
+    let newest_at = snaps.first().and_then(|newest| match &newest.rec {
+        Some(r) => crate::store::select::parse_time(&r.finished_at),
+        None => DateTime::from_timestamp(newest.mtime, 0),
+    });
+    Ok(Listed {
+        snaps: views,
+        newest_at,
+    })
 }
 
 /// Each snapshot's size and what its run added, from its run in the catalog.
@@ -1047,9 +1224,10 @@ mod tests {
         std::fs::create_dir_all(store.join(".snapring/runs")).unwrap();
         record(store, "20261201T020000Z-aaaa", "home", Status::Complete);
         record(store, "20261201T030000Z-bbbb", "other", Status::Complete);
-        let mut kept = StoreRuns::default();
+        let mut kept = Kept::default();
         let later = std::time::SystemTime::now() + std::time::Duration::from_secs(10);
-        let newest = |k: &mut StoreRuns, now| k.newest(store, "home", now).map(|r| r.id);
+        let stamp = |now| Look::at(store, now).stamp;
+        let newest = |k: &mut Kept, now| k.newest(store, "home", stamp(now)).map(|r| r.id);
         assert_eq!(
             newest(&mut kept, later).as_deref(),
             Some("20261201T020000Z-aaaa")
@@ -1059,7 +1237,7 @@ mod tests {
         let p = store.join(".snapring/runs/20261201T020000Z-aaaa.json");
         let text = std::fs::read_to_string(&p).unwrap();
         std::fs::write(&p, text.replace("\"complete\"", "\"failed\"")).unwrap();
-        let r = kept.newest(store, "home", later).unwrap();
+        let r = kept.newest(store, "home", stamp(later)).unwrap();
         assert_eq!(r.status, Status::Complete, "read again: {r:?}");
         // Read afresh when the directory's time is less than `SETTLED` before the
         // request (here: a second after its last change, whatever the machine's load).
@@ -1068,7 +1246,7 @@ mod tests {
             .modified()
             .unwrap();
         let now = changed + std::time::Duration::from_secs(1);
-        let r = kept.newest(store, "home", now).unwrap();
+        let r = kept.newest(store, "home", stamp(now)).unwrap();
         assert_eq!(r.status, Status::Failed, "{r:?}");
         assert_eq!(
             newest(&mut kept, later).as_deref(),
@@ -1082,7 +1260,9 @@ mod tests {
         );
         // Kept per job: the other job of the store is its own.
         assert_eq!(
-            kept.newest(store, "other", later).map(|r| r.id).as_deref(),
+            kept.newest(store, "other", stamp(later))
+                .map(|r| r.id)
+                .as_deref(),
             Some("20261201T030000Z-bbbb")
         );
         // The store gone: nothing, not what was kept.
