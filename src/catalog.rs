@@ -854,7 +854,8 @@ impl Catalog {
                 r.exit_code,
                 r.message,
                 r.snapshot,
-                (r.files_restored + r.skipped_identical + r.conflicts_total) as i64,
+                (r.files_restored + r.others_restored + r.skipped_identical + r.conflicts_total)
+                    as i64,
                 r.files_restored as i64,
                 r.bytes_restored as i64,
                 r.errors as i64,

@@ -70,6 +70,10 @@ pub struct RestoreOptions {
     pub to: PathBuf,
     /// Restore only this path of the snapshot (a directory or a single entry).
     pub path: Option<RelPath>,
+    /// `--path` as typed, its `%` taken as itself, when that is another path
+    /// ([`literal_path`]): a snapshot holding it too makes `--path` ambiguous (refused),
+    /// and one holding it alone is named in the "has no" error.
+    pub path_literal: Option<RelPath>,
     /// Put the restored path straight into `to` (its contents for a directory, the entry
     /// itself for a file) instead of at the same relative place under `to`.
     pub flat: bool,
@@ -130,7 +134,16 @@ pub struct RestoreReport {
     pub status: Status,
     pub exit_code: i32,
     pub message: String,
+    /// Regular files restored (created or replaced; those linked too: `hard_links`).
     pub files_restored: u64,
+    /// The other entries that are neither files nor directories restored (created or
+    /// replaced): symlinks, FIFOs, sockets, device nodes. Before, a restore counted them
+    /// nowhere (`files_restored` 0 for a snapshot of symlinks), while a rerun counted
+    /// them in `skipped_identical`. So `files_restored + others_restored +
+    /// skipped_identical + conflicts_total` is the snapshot's non-directory entries the
+    /// restore went through, less those a problem stopped.
+    #[serde(default)]
+    pub others_restored: u64,
     pub dirs_created: u64,
     pub bytes_restored: u64,
     /// Files restored as hard links to another restored file (the source's link groups).
@@ -167,6 +180,14 @@ fn restore_kind() -> String {
     "restore".into()
 }
 
+impl RestoreOptions {
+    /// `--path` as the user typed it (its literal reading, `%` as itself), for messages.
+    fn path_typed(&self) -> PathBuf {
+        let l = self.path_literal.as_ref().or(self.path.as_ref());
+        l.map(|l| l.as_path().to_path_buf()).unwrap_or_default()
+    }
+}
+
 impl RestoreReport {
     /// The report of a restore that could not start (no such store or snapshot, a
     /// target it cannot open): `failed` with `message`, nothing written.
@@ -195,6 +216,7 @@ impl RestoreReport {
             exit_code: Status::Failed.exit_code(),
             message,
             files_restored: 0,
+            others_restored: 0,
             dirs_created: 0,
             bytes_restored: 0,
             hard_links: 0,
@@ -217,6 +239,8 @@ impl RestoreReport {
 #[derive(Default)]
 struct Counts {
     files: AtomicU64,
+    /// Symlinks, FIFOs, sockets and device nodes restored (`others_restored`).
+    others: AtomicU64,
     dirs: AtomicU64,
     bytes: AtomicU64,
     hard_links: AtomicU64,
@@ -249,6 +273,7 @@ impl Counts {
     fn wrote_anything(&self) -> bool {
         [
             &self.files,
+            &self.others,
             &self.dirs,
             &self.hard_links,
             &self.overwritten,
@@ -1244,22 +1269,60 @@ fn locate<R: SnapshotReader>(
         });
     };
     let shown = sel.path.join(p.as_path());
-    let missing = |e, action| not_in_snapshot(e, &sel.path, &sel.snap.name, p, action, &shown);
-    let mut dir = root;
-    for c in p.parent().components() {
-        dir = reader.open_dir(&dir, c).map_err(|e| missing(e, "open"))?;
-    }
-    let listed = reader
-        .find(&dir, p.file_name())
-        .map_err(|e| missing(e, "stat"))?;
-    let st = reader
-        .stat(&dir, listed.clone())
-        .map_err(|e| missing(e, "stat"))?;
+    // `--path` typed with a real `%` in a name (`a%FFb`, not `a%25FFb`): its literal
+    // reading is looked for too. Both there: refused, the user says which; the literal
+    // one alone: named in the error (it was "has no a\xFFb", no hint).
+    let literal = match &opts.path_literal {
+        Some(l) if l != p => {
+            let root = reader.root().ctx("open", &sel.path)?;
+            find_in(reader, root, l).is_ok().then_some(l)
+        }
+        _ => None,
+    };
+    let (dir, listed, kind) = match find_in(reader, root, p) {
+        Ok(_) if literal.is_some() => {
+            return Err(Error::Refused(ambiguous_path(
+                "--path",
+                &opts.path_typed(),
+                p,
+                literal.expect("checked"),
+                &format!("snapshot {}", sel.snap.name),
+            )));
+        }
+        Ok(found) => found,
+        Err((e, action)) => {
+            let err = not_in_snapshot(e, &sel.path, &sel.snap.name, p, action, &shown);
+            return Err(match (err, literal) {
+                (Error::Store { path, msg }, Some(l)) => Error::Store {
+                    path,
+                    msg: format!("{msg}; {}", literal_hint(l)),
+                },
+                (err, _) => err,
+            });
+        }
+    };
     Ok(Found {
         dir,
         dir_rel: p.parent(),
-        named: Some((p.clone(), listed, st.entry.kind)),
+        named: Some((p.clone(), listed, kind)),
     })
+}
+
+/// `p`'s entry in the snapshot, from its root, one directory at a time: the directory
+/// holding it, its listing and its kind; or the error and the action that failed.
+#[allow(clippy::type_complexity)]
+fn find_in<R: SnapshotReader>(
+    reader: &R,
+    root: R::Dir,
+    p: &RelPath,
+) -> std::result::Result<(R::Dir, Listed, Kind), (std::io::Error, &'static str)> {
+    let mut dir = root;
+    for c in p.parent().components() {
+        dir = reader.open_dir(&dir, c).map_err(|e| (e, "open"))?;
+    }
+    let listed = reader.find(&dir, p.file_name()).map_err(|e| (e, "stat"))?;
+    let st = reader.stat(&dir, listed.clone()).map_err(|e| (e, "stat"))?;
+    Ok((dir, listed, st.entry.kind))
 }
 
 /// `--flat --mirror` of a directory makes `--to` equal to that directory, so it deletes
@@ -2784,10 +2847,14 @@ impl<R: SnapshotReader> Restore<'_, R> {
         src: Source,
     ) -> bool {
         // A file counts as restored once it is there (a dry run: once planned); one
-        // that could not be read or written is a problem, not a restored file.
+        // that could not be read or written is a problem, not a restored file. A
+        // symlink, FIFO, socket or device node counts as an other entry (it counted
+        // nowhere: a snapshot of symlinks restored "files 0").
         let restored = || {
             if m.kind == Kind::File {
                 add(&self.counts.files, 1);
+            } else {
+                add(&self.counts.others, 1);
             }
             true
         };
@@ -3473,6 +3540,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
             status,
             message,
             files_restored: g(&c.files),
+            others_restored: g(&c.others),
             dirs_created: g(&c.dirs),
             bytes_restored: g(&c.bytes),
             hard_links: g(&c.hard_links),
@@ -3493,7 +3561,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
 /// copied from `diff`, `verify` or a report is found: `%XX` is the byte XX (`new%0Aline`,
 /// `my%20file`), a real `%` is written `%25`; every other byte is itself (a space or
 /// UTF-8 may be typed as it is). `what` names the argument in errors (`--path`, or
-/// `history`'s `PATH`).
+/// `history`'s `PATH`). See [`literal_path`] for the same text with its `%` as itself.
 pub fn parse_path(p: &Path, what: &str) -> std::result::Result<RelPath, String> {
     let bytes = crate::relpath::unescape_bytes(p.as_os_str().as_bytes()).map_err(|e| {
         format!(
@@ -3501,6 +3569,51 @@ pub fn parse_path(p: &Path, what: &str) -> std::result::Result<RelPath, String> 
             crate::relpath::shown(p)
         )
     })?;
+    normalised(&bytes, p, what)
+}
+
+/// The path `p` names when its text is taken literally, a `%` as itself (`a%FFb` the
+/// five characters), when that is another path than [`parse_path`]'s reading (`a`, the
+/// byte FF, `b`): `None` when `p` has no `%` (both readings are one), or its literal
+/// reading is no path inside a snapshot. A name with a real `%` typed as it is, not as
+/// `%25`, is then found by its literal reading: the restore (and `history`) look for
+/// both, and refuse to choose between two entries, or name the spelling to type for the
+/// one that is there (`ambiguous_path`, `literal_hint`).
+pub fn literal_path(p: &Path) -> Option<RelPath> {
+    let raw = p.as_os_str().as_bytes();
+    if !raw.contains(&b'%') {
+        return None;
+    }
+    let literal = normalised(raw, p, "").ok()?;
+    let escaped = parse_path(p, "").ok();
+    (escaped.as_ref() != Some(&literal) && !literal.is_root()).then_some(literal)
+}
+
+/// Both readings of a typed path name an entry (a name `a%FFb` and a name `a`, FF,
+/// `b`): which one the user meant cannot be told, so nothing is chosen. `what`: the
+/// argument (`--path`, `PATH`), `where_`: the snapshot (or store) that has both.
+pub fn ambiguous_path(
+    what: &str,
+    typed: &Path,
+    escaped: &RelPath,
+    literal: &RelPath,
+    where_: &str,
+) -> String {
+    format!(
+        "{what} {} names two entries of {where_}: {escaped} (the path read as snapring prints paths, %XX the byte XX) and {literal} (the name with a % in it, as typed); give the one meant as snapring prints it: {escaped} or {literal}",
+        crate::relpath::shown(typed),
+    )
+}
+
+/// The hint added to "has no PATH" when the typed text, taken literally, names an entry.
+pub fn literal_hint(literal: &RelPath) -> String {
+    format!(
+        "{literal}, the name as typed, is there (paths are given as snapring prints them, a name's % written %25): to mean it, give {literal}"
+    )
+}
+
+/// A path's bytes, relative to the snapshot root, normalised (see [`parse_path`]).
+fn normalised(bytes: &[u8], p: &Path, what: &str) -> std::result::Result<RelPath, String> {
     if bytes.starts_with(b"/") {
         let start = bytes.iter().position(|b| *b != b'/').unwrap_or(bytes.len());
         let inside = String::from_utf8_lossy(&bytes[start..]);

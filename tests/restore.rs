@@ -2000,6 +2000,161 @@ fn escaped_names_as_printed_are_accepted_back_by_history_and_restore() {
     );
 }
 
+/// A `--path` typed with a real `%` in a name (`a%FFb`, the five characters, not
+/// `a%25FFb`) where the snapshot also holds the name its escaped reading gives (`a`, the
+/// byte FF, `b`): `restore` silently restored the other file, exit 0, no warning; and
+/// where only the literal name is there, "snapshot daily.0 has no repArt" gave no hint.
+/// Now both there is refused (exit 64, nothing written, both spellings named), and the
+/// literal one alone is named in the error with the spelling to type; `history` alike.
+/// (h2 report, F1)
+#[test]
+fn a_typed_percent_that_reads_two_ways_is_refused_or_named() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    write(&src.join("a%FFb"), b"literal");
+    write(&src.join(OsStr::from_bytes(b"a\xffb")), b"latin-1");
+    write(&src.join("rep%41rt"), b"report");
+    write(&src.join("d/x%20y"), b"spaced");
+    ok_backup(&src, &store);
+
+    // Both readings name an entry: refused, nothing restored.
+    let to = t.path().join("to-both");
+    let (code, _, err) = restore(&store, "daily.0", &to, &["--path", "a%FFb"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("a%FFb") && err.contains("a%25FFb") && err.contains("names two entries"),
+        "{err}"
+    );
+    assert!(
+        !to.join("a%FFb").exists() && !to.join(OsStr::from_bytes(b"a\xffb")).exists(),
+        "an ambiguous --path restored something"
+    );
+    // Each spelled as printed is taken as it is.
+    for (arg, name, data) in [
+        ("a%25FFb", &b"a%FFb"[..], &b"literal"[..]),
+        ("a%ff", b"", b""),
+    ] {
+        if name.is_empty() {
+            // `a%ff`: neither reading is there: the plain "has no" error, no hint.
+            let to = t.path().join("to-none");
+            let (code, _, err) = restore(&store, "daily.0", &to, &["--path", arg]);
+            assert_ne!(code, 0, "{err}");
+            assert!(
+                err.contains("has no a%FF") && !err.contains("as typed"),
+                "{err}"
+            );
+            continue;
+        }
+        let to = t.path().join("to-one");
+        let (code, _, err) = restore(&store, "daily.0", &to, &["--path", arg, "--flat"]);
+        assert_eq!(code, 0, "restore --path {arg}: {err}");
+        assert_eq!(
+            std::fs::read(to.join(OsStr::from_bytes(name))).unwrap(),
+            data
+        );
+    }
+
+    // Only the literal reading is there: the error names the spelling to type.
+    for (arg, literal) in [("rep%41rt", "rep%2541rt"), ("./d//x%20y", "d/x%2520y")] {
+        let to = t.path().join("to-literal");
+        let (code, _, err) = restore(&store, "daily.0", &to, &["--path", arg]);
+        assert_ne!(code, 0, "{err}");
+        assert!(
+            err.contains("has no") && err.contains(&format!("give {literal}")),
+            "restore --path {arg}: {err}"
+        );
+        let (code, _, err) = restore(&store, "daily.0", &to, &["--path", literal, "--flat"]);
+        assert_eq!(code, 0, "restore --path {literal}: {err}");
+    }
+
+    // `history PATH` reads its path as `restore --path` does.
+    let history = |p: &str| {
+        run(&[
+            "history".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            store.as_os_str(),
+            p.as_ref(),
+        ])
+    };
+    let (code, _, err, _) = history("a%FFb");
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("a%25FFb") && err.contains("names two entries"),
+        "{err}"
+    );
+    let (code, _, err, _) = history("rep%41rt");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("has repArt") && err.contains("give rep%2541rt"),
+        "{err}"
+    );
+    let (code, h, err, _) = history("rep%2541rt");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(h[0]["kind"], "file", "{h}");
+    assert!(!err.contains("warning"), "{err}");
+}
+
+/// The report counts symlinks, FIFOs and device nodes it restores
+/// (`others_restored`); they counted nowhere (`files_restored` 0 for a snapshot of
+/// symlinks) while a rerun counted them as `skipped_identical`, so restored and skipped
+/// did not add up to the snapshot's entries. (h2 report, F2)
+#[test]
+fn symlinks_and_special_files_are_counted_as_restored() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    write(&src.join("f"), b"file");
+    std::os::unix::fs::symlink("f", src.join("link")).unwrap();
+    std::os::unix::fs::symlink("nowhere", src.join("d/dangling")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    ok_backup(&src, &store);
+
+    let to = t.path().join("to");
+    let (code, rep, err) = restore(&store, "daily.0", &to, &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["files_restored"], 1, "{rep}");
+    assert_eq!(rep["others_restored"], 3, "{rep}");
+    // The rerun skips the same entries the first run restored.
+    let (code, again, err) = restore(&store, "daily.0", &to, &[]);
+    assert_eq!(code, 0, "{err}\n{again}");
+    assert_eq!(again["skipped_identical"], 4, "{again}");
+    assert_eq!(again["files_restored"], 0, "{again}");
+    assert_eq!(again["others_restored"], 0, "{again}");
+
+    // A snapshot path of one symlink, and a dry run, count it too.
+    let to = t.path().join("to-link");
+    let (code, rep, err) = restore(&store, "daily.0", &to, &["--path", "link"]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(
+        (
+            rep["files_restored"].as_u64(),
+            rep["others_restored"].as_u64()
+        ),
+        (Some(0), Some(1)),
+        "{rep}"
+    );
+    let to = t.path().join("to-dry");
+    let (code, rep, err) = restore(&store, "daily.0", &to, &["--dry-run"]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["others_restored"], 3, "{rep}");
+    // The summary says so.
+    let out = snapring(
+        &restore_args(&store, "daily.0", &t.path().join("to-text")),
+        &[],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("symlinks and special files 3"), "{text}");
+}
+
 /// A run made with the clock a year ahead: `latest` is still the label's newest slot,
 /// `daily.0`. Snapshots were ordered by the time their run started alone, so `latest`
 /// restored the oldest snapshot, with no warning, until it expired.

@@ -588,10 +588,11 @@ fn print_restore(r: &RestoreReport, s: &Shown) {
         }
     );
     outln!(
-        "  files {} ({}, {} as hard links), directories {}, identical skipped {}, replaced {}, deleted {}",
+        "  files {} ({}, {} as hard links), symlinks and special files {}, directories {}, identical skipped {}, replaced {}, deleted {}",
         r.files_restored,
         human(r.bytes_restored),
         r.hard_links,
+        r.others_restored,
         r.dirs_created,
         r.skipped_identical,
         r.overwritten,

@@ -219,13 +219,58 @@ pub fn path_history(path: &Path, a: HistoryArgs) -> anyhow::Result<ExitCode> {
             "history needs a path inside the snapshot (for example users/alice/.profile)"
         ));
     }
-    let versions = snapring::commands::inspect::history(&dest, &rel)?;
+    let versions = literal_reading(
+        path,
+        &rel,
+        snapring::commands::inspect::history(&dest, &rel),
+        |v| v.kind != "absent",
+        &format!("store {}", snapring::relpath::shown(&dest)),
+        |l| snapring::commands::inspect::history(&dest, l),
+    )?;
     if a.json {
         print::json(&versions)?;
     } else {
         print_versions(&versions);
     }
     Ok(ExitCode::Complete)
+}
+
+/// `history PATH` typed with a real `%` in a name (`a%FFb` for the name of those five
+/// characters, not `a%25FFb`): its literal reading (`restore::literal_path`) is looked
+/// up too, as `restore --path` does. Both readings found (in any snapshot): refused,
+/// exit 64, naming both spellings (the escaped reading's history was shown alone, as if
+/// the other did not exist); the literal one alone: the "no snapshot has" error names
+/// the spelling to type (it gave no hint). `versions`: the escaped reading's history;
+/// `present`: whether a version has the entry.
+pub(crate) fn literal_reading<V, E: Into<anyhow::Error>>(
+    path: &Path,
+    rel: &snapring::relpath::RelPath,
+    versions: Result<Vec<V>, E>,
+    present: impl Fn(&V) -> bool,
+    where_: &str,
+    history: impl FnOnce(&snapring::relpath::RelPath) -> Result<Vec<V>, E>,
+) -> anyhow::Result<Vec<V>> {
+    let Some(l) = snapring::restore::literal_path(path) else {
+        return versions.map_err(Into::into);
+    };
+    if !history(&l).is_ok_and(|h| h.iter().any(&present)) {
+        return versions.map_err(Into::into);
+    }
+    match versions {
+        Ok(v) if v.iter().any(&present) => Err(usage!(
+            "{}",
+            snapring::restore::ambiguous_path("PATH", path, rel, &l, where_)
+        )),
+        Ok(_) => Err(anyhow::anyhow!(
+            "no snapshot has {rel}; {}",
+            snapring::restore::literal_hint(&l)
+        )),
+        Err(e) => Err(anyhow::anyhow!(
+            "{}; {}",
+            e.into(),
+            snapring::restore::literal_hint(&l)
+        )),
+    }
 }
 
 /// One line per snapshot, newest first.

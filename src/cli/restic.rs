@@ -819,6 +819,7 @@ pub fn restore(
         snapshot: a.snapshot.clone(),
         to: a.to.clone(),
         path,
+        path_literal: None,
         flat: a.flat,
         mode: snapring::restore::Mode::Safe,
         to_is_dedicated: false,
@@ -1825,7 +1826,14 @@ pub fn path_history(path: &Path, a: HistoryArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     let (repo, _lock) = open_reading(dest, a.password_file.as_deref(), true, None)?;
-    let versions = restic::history::history(&repo, &rel)?;
+    let versions = super::inspect::literal_reading(
+        path,
+        &rel,
+        restic::history::history(&repo, &rel),
+        |v| v.kind != "absent",
+        &format!("repository {}", snapring::relpath::shown(dest)),
+        |l| restic::history::history(&repo, l),
+    )?;
     if a.json {
         print::json(&versions)?;
         return Ok(ExitCode::Complete);

@@ -120,6 +120,7 @@ fn options(a: RestoreArgs, job_store: Option<PathBuf>) -> anyhow::Result<Restore
         snapshot: a.snapshot,
         to: absolute(a.to),
         flat: a.flat && path.is_some(),
+        path_literal: a.path.as_deref().and_then(snapring::restore::literal_path),
         path,
         mode: if a.mirror {
             Mode::Mirror
@@ -174,10 +175,11 @@ fn print_summary(r: &RestoreReport) {
     );
     let _ = writeln!(
         out,
-        "  files {} ({}, {} as hard links), directories {}, identical skipped {}, replaced {}, deleted {}{}",
+        "  files {} ({}, {} as hard links), symlinks and special files {}, directories {}, identical skipped {}, replaced {}, deleted {}{}",
         r.files_restored,
         human(r.bytes_restored),
         r.hard_links,
+        r.others_restored,
         r.dirs_created,
         r.skipped_identical,
         r.overwritten,
