@@ -546,20 +546,15 @@ fn one(
     }
     v.data_blobs_read = read;
     v.data_bytes_read = bytes;
+    let mut unchecked: Vec<(Id, String)> = Vec::new();
     for (pack, verdict) in check_headers(repo, &trees, &blobs, packs, jobs, cancel)? {
         let why = match verdict {
             Verdict::Damaged(why) => why,
-            // Not checked: a problem (the snapshot not clean, not damaged either).
+            // Not checked: a problem (the snapshot not clean, not damaged either),
+            // added below unless a read of its blobs failed already.
             Verdict::Unreadable(why) => {
                 v.unchecked_packs.push(pack.hex());
-                v.unreadable += 1;
-                v.problems.push((
-                    ".".into(),
-                    format!(
-                        "the header of pack {pack}: {why} (the pack's header was not \
-                         checked; its blobs were checked at the places the index gives)"
-                    ),
-                ));
+                unchecked.push((pack, why));
                 continue;
             }
             Verdict::Good => continue,
@@ -617,6 +612,22 @@ fn one(
                 }
             },
         )?;
+    }
+    // A pack whose header could not be read: a problem, unless one is listed for it
+    // already (its blobs did not read either: the same pack, counted once).
+    for (pack, why) in unchecked {
+        let hex = pack.hex();
+        if v.problems.iter().any(|(_, w)| w.contains(&hex)) {
+            continue;
+        }
+        v.unreadable += 1;
+        v.problems.push((
+            ".".into(),
+            format!(
+                "the header of pack {pack}: {why} (the pack's header was not checked; its \
+                 blobs were checked at the places the index gives)"
+            ),
+        ));
     }
     v.damaged.sort_by(|a, b| {
         RelPath::from_escaped(&a.path)
