@@ -1102,7 +1102,7 @@ fn a_pack_header_that_does_not_read_is_not_checked_and_not_clean() {
         )
     };
     let (code, out, err) = run(&["--json"]);
-    assert_ne!(code, 0, "{out}\n{err}");
+    assert_eq!(code, 2, "{out}\n{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v[0]["clean"], false, "{v}");
     assert_eq!(v[0]["unchecked_packs"].as_array().unwrap().len(), 1, "{v}");

@@ -1220,7 +1220,7 @@ fn repair_index_leaves_a_lost_pack_out_and_the_next_backup_stores_it_again() {
 /// downloaded twice to find its header bad and then again to salvage it (three GETs;
 /// four when a blob was bad too).
 #[test]
-fn repair_read_data_downloads_a_pack_with_a_bad_header_once() {
+fn repair_read_data_downloads_a_pack_with_a_bad_header_twice_not_three_times() {
     if needs_in_process_server("damaging an object on the server's disk") {
         return;
     }

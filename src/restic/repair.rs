@@ -187,7 +187,10 @@ pub(crate) fn read_pack_header_tail(
             rustix::io::Errno::IO.raw_os_error(),
         )));
     }
-    let tail_len = size.min(tail.max((4 + OVERHEAD) as u64));
+    // Capped at TAIL: an index describing a pack only in part (an index file that did
+    // not read) would otherwise make the first read most of the pack (review of
+    // reader-50); a longer header takes the second read below.
+    let tail_len = size.min(tail.clamp((4 + OVERHEAD) as u64, TAIL));
     let mut tail = repo
         .backend
         .read_range(id, size - tail_len, tail_len as usize)?;
