@@ -978,7 +978,7 @@ fn a_tree_naming_an_entry_twice_is_damage_not_a_failed_restore() {
     common::restic::repo_of(&repo, &src);
     // The directory `y` renamed `x`, after the symlink `x`.
     let mut r = Repo::open(&repo, PASSWORD.as_bytes()).unwrap();
-    let (_, snap) = snapshot::find(&r, "latest").unwrap();
+    let (orig, snap) = snapshot::find(&r, "latest").unwrap();
     let packer = Packer::default();
     fn again(r: &Repo, packer: &Packer, id: Id) -> Id {
         let mut tree = r.read_tree(&id).unwrap();
@@ -1037,4 +1037,178 @@ fn a_tree_naming_an_entry_twice_is_damage_not_a_failed_restore() {
     assert_eq!(code, 2, "{out}\n{err}");
     assert!(out.contains("DAMAGED"), "{out}");
     assert!(out.contains("names \"x\" twice"), "{out}");
+
+    // `diff` from the snapshot it was made from: the second `x` is damage, as verify
+    // and restore say (exit 2, verify's wording), not an added directory `x` with its
+    // contents (until session 50); `y` and its contents are removed.
+    let orig = &orig.hex()[..8];
+    let (dcode, out, err) = sr_nocache(&["diff", "--dest", &url, orig, short, "--json"]);
+    assert_eq!(dcode, code, "diff exits as verify does: {out}\n{err}");
+    let d: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let diffs: Vec<(String, String)> = d["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["path"].as_str().unwrap().to_string(),
+                x["change"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        diffs.iter().all(|(p, _)| p == "y" || p == "y/inner"),
+        "only y and y/inner differ: {d}"
+    );
+    assert_eq!(diffs.len(), 2, "{d}");
+    assert_eq!(d["added"], 0, "{d}");
+    assert_eq!(d["damaged"].as_array().unwrap().len(), 1, "{d}");
+    assert_eq!(d["damaged"][0]["path"], ".", "{d}");
+    let why = d["damaged"][0]["reason"].as_str().unwrap();
+    assert!(
+        why.contains("names \"x\" twice") && why.contains(short),
+        "{why}"
+    );
+    let (tcode, out, err) = sr_nocache(&["diff", "--dest", &url, orig, short]);
+    assert_eq!(tcode, code, "{out}\n{err}");
+    assert!(
+        out.contains("DAMAGED") && out.contains("names \"x\" twice"),
+        "{out}"
+    );
+    assert!(!out.contains("+ x"), "{out}");
+}
+
+/// A pack header whose read fails with an I/O error (EIO) says nothing of the pack: it
+/// is not checked (`unchecked_packs`, a problem, `unreadable`), the snapshot not clean
+/// and not damaged, the text NOT FULLY CHECKED naming the pack's header. Until session
+/// 50 such a pack counted as checked and the snapshot as clean (exit 0).
+#[test]
+fn a_pack_header_that_does_not_read_is_not_checked_and_not_clean() {
+    let w = two_backups();
+    let run = |extra: &[&str]| {
+        let o = Command::new(bin())
+            .args(["verify", "--dest", &w.url, "latest"])
+            .args(extra)
+            .env("SNAPRING_CATALOG", "off")
+            .env("SNAPRING_CACHE", "off")
+            .env("SNAPRING_PASSWORD", PASSWORD)
+            .env("SNAPRING_FAILPOINTS", "restic.pack_header_read=error")
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = run(&["--json"]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["clean"], false, "{v}");
+    assert_eq!(v[0]["unchecked_packs"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v[0]["damaged_packs"], serde_json::json!([]), "{v}");
+    assert_eq!(v[0]["damaged"], serde_json::json!([]), "{v}");
+    assert_eq!(v[0]["corrupt"], 0, "{v}");
+    assert_eq!(v[0]["unreadable"], 1, "{v}");
+    let pack = v[0]["unchecked_packs"][0].as_str().unwrap();
+    let why = v[0]["problems"][0][1].as_str().unwrap();
+    assert!(why.contains(&format!("header of pack {pack}")), "{why}");
+    let (tcode, out, err) = run(&[]);
+    assert_eq!(tcode, code, "{out}\n{err}");
+    assert!(out.contains("NOT FULLY CHECKED"), "{out}");
+    assert!(out.contains(&format!("header of pack {pack}")), "{out}");
+    assert!(!out.contains("DAMAGED"), "{out}");
+    // Without the fault it reads, and the snapshot is clean.
+    let (code, out, err) = sr_nocache(&["verify", "--dest", &w.url, "latest"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+}
+
+/// The blobs of `pack` before its header (all of them) overwritten with zeros, its header
+/// damaged too: no blob checks at its indexed place.
+fn zero_blobs_and_flip_header(pack: &Path) {
+    let mut b = std::fs::read(pack).unwrap();
+    let n = u32::from_le_bytes(b[b.len() - 4..].try_into().unwrap()) as usize;
+    let end = b.len() - 4 - n;
+    b[..end].fill(0);
+    let at = b.len() - 10;
+    b[at] ^= 0x55;
+    std::fs::write(pack, b).unwrap();
+}
+
+/// An indexed pack whose header does not read and of whose blobs some (one) or all do
+/// not check at their indexed places (`--read-data`, and a plain repair, which reads the
+/// header of a pack of the wrong size only: here the size is right, so `--read-data`).
+/// Some: the good blobs are salvaged, the bad one is damaged and lost, the second
+/// snapshot damaged. All: the pack is left out (nothing to salvage; the next prune
+/// deletes it), every one of its blobs counted damaged and lost (until session 50
+/// `blobs_damaged` said 0 of blobs read and found damaged). Either way restic's
+/// `check --read-data` agrees: the second snapshot lacks data, and once it is forgotten
+/// and pruned, the repository is clean.
+#[test]
+fn a_pack_with_a_bad_header_and_damaged_blobs_loses_just_those() {
+    for all in [false, true] {
+        let w = two_backups();
+        let data2_id = w.data2.file_name().unwrap().to_str().unwrap().to_string();
+        // Its blobs, by its header (the index names the same ones).
+        let indexed = {
+            let r = snapring::restic::repo::Repo::open(&w.repo, PASSWORD.as_bytes()).unwrap();
+            let bytes = std::fs::read(&w.data2).unwrap();
+            snapring::restic::pack::read_header(&r.key, &bytes, "data2")
+                .unwrap()
+                .len() as u64
+        };
+        assert!(indexed >= 3, "the big file's chunks and gone/x: {indexed}");
+        if all {
+            zero_blobs_and_flip_header(&w.data2);
+        } else {
+            flip(&w.data2, 10);
+            // Inside the big file's blobs (the pack is more than 3 MiB).
+            flip(&w.data2, 2 << 20);
+        }
+        let (code, r) = repair(&w.url, &["--read-data"]);
+        assert_eq!(code, 2, "{r}");
+        assert_eq!(damaged_ids(&r), vec![w.second.clone()], "{r}");
+        if all {
+            assert_eq!(r["packs_salvaged"], 0, "{r}");
+            assert_eq!(r["packs_unreadable"], 1, "{r}");
+            assert_eq!(r["unreadable"][0], data2_id.as_str(), "{r}");
+            assert_eq!(r["blobs_damaged"], indexed, "{r}");
+            assert_eq!(r["blobs_lost"], indexed, "{r}");
+            assert!(w.data2.exists(), "left for prune");
+        } else {
+            assert_eq!(r["packs_salvaged"], 1, "{r}");
+            assert_eq!(r["salvaged"][0], data2_id.as_str(), "{r}");
+            assert_eq!(r["packs_unreadable"], 0, "{r}");
+            assert_eq!(r["blobs_damaged"], 1, "{r}");
+            assert_eq!(r["blobs_lost"], 1, "{r}");
+            assert!(
+                !w.data2.exists(),
+                "the damaged pack is deleted once salvaged"
+            );
+        }
+        let Some(restic) = restic_binary("restic check after a bad header's salvage") else {
+            continue;
+        };
+        // restic agrees: the repository lacks data the second snapshot needs.
+        let out = restic_cmd(&restic, &w.repo)
+            .args(["check", "--read-data"])
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("restic check --read-data (all: {all}):\n{said}");
+        assert!(!out.status.success(), "{said}");
+        // Forgotten and pruned, the damaged snapshot leaves a clean repository.
+        let (code, out, err) = sr_nocache(&["forget", "--dest", &w.url, &w.second]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        let (code, out, err) = sr_nocache(&["prune", "--dest", &w.url]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        assert!(!w.data2.exists(), "prune deletes the pack left out");
+        run_restic(&restic, &w.repo, &["check", "--read-data"]);
+        let (code, out, err) = sr_nocache(&["verify", "--dest", &w.url, "--all"]);
+        assert_eq!(code, 0, "{out}\n{err}");
+    }
 }

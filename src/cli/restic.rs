@@ -1811,8 +1811,21 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
             &r.one_fs,
             (&[], &[]),
         );
+        // Damage, worded as verify words it (its `!` lines and verdict).
+        for d in &r.damaged {
+            outln!("! {}  {}", d.path, d.reason);
+        }
+        if !r.damaged.is_empty() {
+            outln!(
+                "DAMAGED: {} damaged directories in the trees compared (`snapring verify` \
+                 names them too; a rerun does not change them)",
+                r.damaged.len()
+            );
+        }
     }
-    Ok(ExitCode::clean_or_partial(r.problems.is_empty()))
+    Ok(ExitCode::clean_or_partial(
+        r.problems.is_empty() && r.damaged.is_empty(),
+    ))
 }
 
 /// `snapring history --dest URL PATH`: one line per snapshot, newest first (the other

@@ -4,7 +4,9 @@
 //! Trees are merged by name one directory at a time; a subtree whose id is the same on
 //! both sides is identical (ids are content hashes) and is skipped unread. File
 //! contents are compared by their blob ids, never read. Also `compare_nodes`, the one
-//! comparison of two nodes, which `history` uses too. Reads tree blobs only.
+//! comparison of two nodes, which `history` uses too. A tree naming an entry twice is
+//! damage (`damaged`, as `verify` lists it; exit 2), its first entry compared. Reads
+//! tree blobs only.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -38,6 +40,12 @@ pub struct RepoDiff {
     pub totals: Totals,
     /// Paths whose tree could not be read, with the error.
     pub problems: Vec<(String, String)>,
+    /// Damage met in the trees compared, as `verify` reports it (path, kind
+    /// `directory`, reason): a tree naming an entry twice (crafted or damaged; restic
+    /// never writes one). The first entry of the name is compared, the others left out
+    /// (restore restores the first); damage, exit 2, as `verify` and `restore` call it.
+    /// Until session 50 the second entry showed as added or removed.
+    pub damaged: Vec<super::verify::Damaged>,
     /// Tree blobs read, and subtrees skipped because both sides have the same id.
     pub trees_read: u64,
     pub subtrees_skipped: u64,
@@ -107,6 +115,7 @@ pub fn diff_against(
         differences: o.differences,
         totals: o.totals,
         problems: o.problems,
+        damaged: Vec::new(),
         trees_read: 0,
         subtrees_skipped: 0,
         one_fs: o.one_fs,
@@ -180,9 +189,10 @@ struct Differ<'a> {
 }
 
 impl Differ<'_> {
-    /// The nodes of tree `id`, sorted by name; `None` (a problem listed) when it does
-    /// not read.
-    fn nodes(&mut self, id: Id, rel: &RelPath) -> Option<Vec<(Vec<u8>, Node)>> {
+    /// The nodes of tree `id` (of snapshot `snap`), sorted by name, each name once (a
+    /// name the tree has twice is damage, listed; its first entry kept); `None` (a
+    /// problem listed) when it does not read.
+    fn nodes(&mut self, id: Id, rel: &RelPath, snap: &str) -> Option<Vec<(Vec<u8>, Node)>> {
         self.r.trees_read += 1;
         match self.repo.read_tree(&id) {
             Ok(t) => {
@@ -192,8 +202,24 @@ impl Differ<'_> {
                     .map(|n| (n.name_bytes(), n))
                     .filter(|(name, _)| valid_name(name))
                     .collect();
+                // Stable: entries of one name stay in tree order, the first first.
                 v.sort_by(|x, y| x.0.cmp(&y.0));
-                Some(v)
+                let mut out: Vec<(Vec<u8>, Node)> = Vec::with_capacity(v.len());
+                for (name, n) in v {
+                    if out.last().is_some_and(|(p, _)| *p == name) {
+                        self.r.damaged.push(super::verify::Damaged {
+                            path: rel.escaped(),
+                            kind: "directory".into(),
+                            reason: format!(
+                                "snapshot {snap}: {}",
+                                super::verify::duplicate_name(&id, &n)
+                            ),
+                        });
+                        continue;
+                    }
+                    out.push((name, n));
+                }
+                Some(out)
             }
             Err(e) => {
                 self.r.problems.push((rel.escaped(), e.to_string()));
@@ -212,7 +238,8 @@ impl Differ<'_> {
             self.r.subtrees_skipped += 1;
             return Ok(());
         }
-        let (Some(xs), Some(ys)) = (self.nodes(a, rel), self.nodes(b, rel)) else {
+        let (from, to) = (self.r.from.clone(), self.r.to.clone());
+        let (Some(xs), Some(ys)) = (self.nodes(a, rel, &from), self.nodes(b, rel, &to)) else {
             return Ok(());
         };
         let (mut i, mut j) = (0, 0);

@@ -400,6 +400,24 @@ impl Index {
             .collect()
     }
 
+    /// Where each pack's last indexed blob ends, by pack: in a pack the index
+    /// describes whole its header (and the header's 4-byte length) follows, so
+    /// `verify` reads a pack's header as the bytes from there to the pack's end (one
+    /// small read, not a fixed tail of 64 KiB). Every copy of a blob counts.
+    pub fn blob_ends(&self) -> HashMap<Id, u64> {
+        let mut ends: HashMap<u32, u64> = HashMap::new();
+        for m in [&self.data, &self.tree] {
+            let firsts = m.chunks.iter().flatten().map(|(_, s)| *s);
+            for s in firsts.chain(m.extra.values().flatten().copied()) {
+                let end = ends.entry(s.pack).or_default();
+                *end = (*end).max(s.offset as u64 + s.length as u64);
+            }
+        }
+        ends.into_iter()
+            .map(|(n, end)| (self.packs[n as usize], end))
+            .collect()
+    }
+
     pub fn contains(&self, kind: BlobType, id: &Id) -> bool {
         self.map(kind).get(id).is_some()
     }

@@ -14,7 +14,10 @@
 //! sealed into a new pack, which is indexed instead, and the damaged pack is deleted
 //! once the new index is in place (so the next backup stores the damaged blob again
 //! rather than deduplicating against it, and no later repair finds the damaged pack
-//! unindexed and adds it back whole). The new packs are written first, then the new
+//! unindexed and adds it back whole). An indexed pack whose header does not read has
+//! the blobs its index entries name checked where they say (with `read_data` in the
+//! same bytes, the pack not downloaded again): those that check are salvaged the same
+//! way; none: the pack is left out, its blobs counted damaged. The new packs are written first, then the new
 //! index files, then the old ones removed, then the damaged packs: a crash between
 //! leaves both index files, which restic accepts (a blob named twice). The cancel flag
 //! stops it before the new index is written, with the index unchanged (new packs
@@ -155,6 +158,19 @@ fn unreadable(e: &Error) -> bool {
 
 /// The header of the pack `id` of `size` bytes, checked against the size.
 pub(crate) fn read_pack_header(repo: &Repo, id: &Id, size: u64) -> Result<Vec<Entry>> {
+    read_pack_header_tail(repo, id, size, TAIL)
+}
+
+/// [`read_pack_header`], its first read the last `tail` bytes of the pack (at least
+/// the header's sealed overhead and length; a header longer than that takes a second
+/// read of exactly the header): `verify` passes the bytes after the pack's last
+/// indexed blob, which is the header of a pack the index describes whole.
+pub(crate) fn read_pack_header_tail(
+    repo: &Repo,
+    id: &Id,
+    size: u64,
+    tail: u64,
+) -> Result<Vec<Entry>> {
     let what = format!("pack {}", repo.backend.file_location(Kind::Pack, id));
     if size < (4 + OVERHEAD) as u64 {
         return Err(super::corrupt(
@@ -162,7 +178,19 @@ pub(crate) fn read_pack_header(repo: &Repo, id: &Id, size: u64) -> Result<Vec<En
             format!("{size} bytes is too short for a pack"),
         ));
     }
-    let tail_len = size.min(TAIL);
+    // Tests: the header's read answering EIO (verify: the pack not checked).
+    if crate::failpoint::hit("restic.pack_header_read").is_err() {
+        return Err(super::io_err(
+            "read",
+            repo.backend.file_location(Kind::Pack, id),
+        )(std::io::Error::from_raw_os_error(
+            rustix::io::Errno::IO.raw_os_error(),
+        )));
+    }
+    // Capped at TAIL: an index describing a pack only in part (an index file that did
+    // not read) would otherwise make the first read most of the pack (review of
+    // reader-50); a longer header takes the second read below.
+    let tail_len = size.min(tail.clamp((4 + OVERHEAD) as u64, TAIL));
     let mut tail = repo
         .backend
         .read_range(id, size - tail_len, tail_len as usize)?;
@@ -215,46 +243,83 @@ fn same_entries(a: &[Entry], b: &[Entry]) -> bool {
     a.len() == b.len() && sorted(a) == sorted(b)
 }
 
-/// The pack `id` read whole: its bytes, its header, and the entries whose blobs check.
-type WholePack = (Vec<u8>, Vec<Entry>, Vec<Entry>);
+/// The pack `id` read whole: its bytes, and either its header and the entries whose
+/// blobs check, or why its header does not read with the indexed entries (of
+/// `indexed`) whose blobs check at their indexed places.
+type WholePack = (
+    Vec<u8>,
+    std::result::Result<(Vec<Entry>, Vec<Entry>), (Error, Vec<Entry>)>,
+);
+
+/// What one read of a whole pack says: [`check_whole_pack`]'s verdict, or why the header
+/// does not read and the indexed entries whose blobs check.
+type PackCheck = std::result::Result<(Vec<Entry>, Vec<Entry>, Vec<String>), (Error, Vec<Entry>)>;
 
 /// The pack `id` read whole, by the rule every reader follows
 /// ([`super::reread::read_checked`]): a read that does not check (a header that does not
 /// open, a blob whose MAC fails) is read again; the pack is damaged only once two reads
 /// give the same bytes (damage at rest); a pack that reads differently each time stops
 /// the repair, as a failing disk or server does, rather than salvage a healthy pack from
-/// one garbled read (its original deleted) or leave it out of the index.
-fn read_whole_pack(repo: &Repo, id: &Id, size: u64) -> Result<WholePack> {
+/// one garbled read (its original deleted) or leave it out of the index. A pack whose
+/// header does not read has its `indexed` entries checked in the same bytes, which
+/// [`salvage_from`] salvages: the pack is downloaded once (two reads when damaged, as
+/// the rule wants), where until session 50 it was downloaded again to salvage it.
+fn read_whole_pack(
+    repo: &Repo,
+    id: &Id,
+    size: u64,
+    indexed: Option<&[Entry]>,
+) -> Result<WholePack> {
     use super::reread::{Outcome, READ_TRIES, read_checked};
     let what = format!("pack {}", repo.backend.file_location(Kind::Pack, id));
+    let check = |bytes: &[u8]| -> PackCheck {
+        check_whole_pack(repo, &what, bytes, size).map_err(|e| {
+            (
+                e,
+                indexed.map_or_else(Vec::new, |ix| good_at(repo, &what, bytes, ix)),
+            )
+        })
+    };
     let (bytes, checked, outcome) = read_checked(
         &|| what.clone(),
         "restic.repair_pack_garbled",
         || repo.backend.read(Kind::Pack, id),
-        |bytes| check_whole_pack(repo, &what, bytes, size),
+        check,
         |c| matches!(c, Ok((header, good, _)) if header.len() == good.len()),
     )?;
     match outcome {
-        Outcome::Whole { .. } => {
-            let (header, good, _) = checked?;
-            Ok((bytes, header, good))
-        }
-        Outcome::Damaged => {
-            let (header, good, bad) = checked?;
-            for x in bad {
-                tracing::warn!("{what}: {x}; left out of the index");
+        Outcome::Whole { .. } | Outcome::Damaged => match checked {
+            Ok((header, good, bad)) => {
+                for x in bad {
+                    tracing::warn!("{what}: {x}; left out of the index");
+                }
+                Ok((bytes, Ok((header, good))))
             }
-            Ok((bytes, header, good))
-        }
+            Err(x) => Ok((bytes, Err(x))),
+        },
         Outcome::Garbled => Err(Error::Other(format!(
             "{what} read differently each of {READ_TRIES} times, never whole: the storage or \
              the network garbles reads ({}); the repair stopped, nothing changed",
             match &checked {
-                Err(e) => e.to_string(),
+                Err((e, _)) => e.to_string(),
                 Ok((_, _, bad)) => bad.join("; "),
             }
         ))),
     }
+}
+
+/// The entries of `indexed` whose blobs check at their places in `bytes` (the pack
+/// `what`).
+fn good_at(repo: &Repo, what: &str, bytes: &[u8], indexed: &[Entry]) -> Vec<Entry> {
+    indexed
+        .iter()
+        .filter(|e| {
+            blob_bytes(bytes, e, what)
+                .and_then(|sealed| open_blob(&repo.key, sealed, e))
+                .is_ok()
+        })
+        .cloned()
+        .collect()
 }
 
 /// A pack's `bytes` checked: its header, the entries whose blobs open, and why the
@@ -340,17 +405,7 @@ fn salvage(repo: &Repo, bytes: &[u8], good: &[Entry]) -> Result<Vec<(Id, Vec<Ent
 fn salvage_indexed(repo: &Repo, id: &Id, indexed: &[Entry], why: Error) -> Result<(Fate, usize)> {
     use super::reread::{Outcome, READ_TRIES, read_checked};
     let what = format!("pack {}", repo.backend.file_location(Kind::Pack, id));
-    let check = |bytes: &[u8]| -> Vec<Entry> {
-        indexed
-            .iter()
-            .filter(|e| {
-                blob_bytes(bytes, e, &what)
-                    .and_then(|sealed| open_blob(&repo.key, sealed, e))
-                    .is_ok()
-            })
-            .cloned()
-            .collect()
-    };
+    let check = |bytes: &[u8]| good_at(repo, &what, bytes, indexed);
     let got = read_checked(
         &|| what.clone(),
         "restic.repair_pack_garbled",
@@ -369,8 +424,27 @@ fn salvage_indexed(repo: &Repo, id: &Id, indexed: &[Entry], why: Error) -> Resul
         Err(e) if unreadable(&e) => return Ok((Fate::Unreadable(why.to_string()), 0)),
         Err(e) => return Err(e),
     };
+    salvage_from(repo, indexed, &why, &bytes, good)
+}
+
+/// The blobs `good` of `indexed` that check in the pack's `bytes` (whose header does not
+/// read: `why`) salvaged; none: the pack is left out. Returns its fate and the indexed
+/// blobs left out (damaged: they were read and do not check).
+fn salvage_from(
+    repo: &Repo,
+    indexed: &[Entry],
+    why: &Error,
+    bytes: &[u8],
+    good: Vec<Entry>,
+) -> Result<(Fate, usize)> {
     if good.is_empty() {
-        return Ok((Fate::Unreadable(why.to_string()), 0));
+        return Ok((
+            Fate::Unreadable(format!(
+                "{why}; none of its {} indexed blobs checks at its indexed place",
+                indexed.len()
+            )),
+            indexed.len(),
+        ));
     }
     tracing::warn!(
         "{why}; {} of its {} indexed blobs check at their indexed places and are salvaged",
@@ -378,7 +452,7 @@ fn salvage_indexed(repo: &Repo, id: &Id, indexed: &[Entry], why: Error) -> Resul
         indexed.len()
     );
     let lost = indexed.len() - good.len();
-    Ok((Fate::Salvaged(salvage(repo, &bytes, &good)?), lost))
+    Ok((Fate::Salvaged(salvage(repo, bytes, &good)?), lost))
 }
 
 /// Rebuilds the index of `repo` from its packs (see the module's notes). `cancel` set
@@ -466,8 +540,8 @@ fn repair_locked(
     let fates: Vec<Result<Fate>> = if read_data {
         crate::util::par_map(PACK_READS, &listed, |(id, size)| {
             stop()?;
-            match read_whole_pack(repo_ro, id, *size) {
-                Ok((bytes, header, good)) => {
+            match read_whole_pack(repo_ro, id, *size, indexed.get(id).map(Vec::as_slice)) {
+                Ok((bytes, Ok((header, good)))) => {
                     let damaged = header.len() - good.len();
                     let fate = match indexed.get(id) {
                         // Never indexed in part: a later repair would find the pack
@@ -479,10 +553,14 @@ fn repair_locked(
                     };
                     Ok((fate, damaged))
                 }
-                Err(e) if unreadable(&e) => match indexed.get(id) {
-                    Some(ix) => salvage_indexed(repo_ro, id, ix, e),
+                // The header does not read: the indexed blobs that check in the same
+                // bytes are salvaged (the pack not downloaded again).
+                Ok((bytes, Err((e, good)))) => match indexed.get(id) {
+                    Some(ix) => salvage_from(repo_ro, ix, &e, &bytes, good),
                     None => Ok((Fate::Unreadable(e.to_string()), 0)),
                 },
+                // Gone since the listing: nothing to salvage from.
+                Err(e) if unreadable(&e) => Ok((Fate::Unreadable(e.to_string()), 0)),
                 Err(e) => Err(e),
             }
         })

@@ -13,6 +13,10 @@
 //! corrupt, and the advice is to verify again, not to repair. Any other error reading
 //! a pack stops the verify: one met as SIGINT/SIGTERM stops it (S3's "not retried, the
 //! run is stopping") ends it interrupted (exit 3), no pack called unreadable.
+//! The header of every pack a snapshot uses is read too (the bytes after its last
+//! indexed blob, one small ranged read): one that does not read or describe the pack's
+//! size is damage (`damaged_packs`), one whose read fails as a blob's can is not
+//! checked (`unchecked_packs`), never clean.
 //! A snapshot file that does not read gets a verdict of its own (damaged: `--all`,
 //! `latest`, or named by its id), the others are still verified; an index file that
 //! does not read (the repository opened with `Repo::open_tolerant`) is on every verdict.
@@ -75,7 +79,9 @@ pub struct RepoVerified {
     /// Files and directories whose blobs could not be read (an I/O error: EIO, a
     /// transport failing): not checked, so not known to be damaged (a rerun may read
     /// them); never counted in `corrupt`. Each listed in `problems` (path, reason), as
-    /// the store's verify lists them. With `--against`: every entry of `problems`.
+    /// the store's verify lists them. Also each pack whose header could not be read
+    /// (`unchecked_packs`, a `problems` entry of path `.`). With `--against`: every
+    /// entry of `problems`.
     pub unreadable: u64,
     /// Data blobs whose first copy is damaged or gone but which another pack holds
     /// intact (each warned about, with the bad pack): the files read, the repository
@@ -107,6 +113,11 @@ pub struct RepoVerified {
     /// damage (exit 2) even when every blob of the snapshot checks at its indexed place;
     /// `snapring repair index` salvages their blobs into new packs.
     pub damaged_packs: Vec<String>,
+    /// Packs holding blobs of the snapshot whose header could not be read (ids: an
+    /// I/O error, a transport failing past its retries, the server's refusal): not
+    /// checked, so neither damaged nor clean; each also in `problems` (path `.`) and
+    /// counted in `unreadable`: verify again once the storage reads.
+    pub unchecked_packs: Vec<String>,
     /// With `--against DIR` only: whether the compare stayed on `DIR`'s file system,
     /// and the mount points whose contents it did not compare.
     #[serde(flatten)]
@@ -212,9 +223,11 @@ pub fn verify(
         let jobs = if jobs == 0 { 4 } else { jobs };
         // Every data blob checked so far.
         let mut verdicts: HashMap<Id, Verdict> = HashMap::new();
-        // Every pack's size, and each pack's header checked so far (why it is damaged).
+        // Every pack's size, where its indexed blobs end, and each pack's header
+        // checked so far.
         let mut packs = Packs {
             sizes: repo.backend.list_sizes(Kind::Pack)?.into_iter().collect(),
+            ends: repo.index.blob_ends(),
             checked: HashMap::new(),
         };
         for (id, snap) in targets {
@@ -305,10 +318,14 @@ fn not_checked(e: &Error) -> bool {
 }
 
 /// The packs of the repository as `verify` checks them whole: their sizes (one
-/// listing), and the verdict on each header read so far (`Some(why)`: damaged).
+/// listing), where each one's indexed blobs end ([`super::index::Index::blob_ends`]:
+/// its header is read from there, a few hundred bytes, not a 64 KiB tail), and the
+/// verdict on each header read so far (`Good`, `Damaged(why)`, or `Unreadable(why)`:
+/// an I/O error or a refusal, not checked).
 struct Packs {
     sizes: HashMap<Id, u64>,
-    checked: HashMap<Id, Option<String>>,
+    ends: HashMap<Id, u64>,
+    checked: HashMap<Id, Verdict>,
 }
 
 /// The header of every pack holding a blob of `trees` or `blobs` (its first copy, the
@@ -317,8 +334,11 @@ struct Packs {
 /// damaged, still gives its blobs at the places the index says, so the blob reads alone
 /// found it clean, though `restic check --read-data` fails it and `repair index` or
 /// `prune` would trip over it. A pack not listed is left to the blob reads (missing);
-/// one whose header could not be read (an I/O error) is not called damaged. Returns the
-/// damaged packs this snapshot uses and why, by pack id.
+/// one whose header could not be read (an I/O error, a refusal) is not checked: never
+/// called damaged, nor clean (until session 50 it counted as clean). The header is
+/// read from where the pack's last indexed blob ends (one read of the header's bytes;
+/// a second when the header is longer than that). Returns the packs this snapshot uses
+/// whose header is damaged or was not checked, with the verdict, by pack id.
 fn check_headers(
     repo: &Repo,
     trees: &HashSet<Id>,
@@ -326,7 +346,7 @@ fn check_headers(
     packs: &mut Packs,
     jobs: usize,
     cancel: &AtomicBool,
-) -> Result<Vec<(Id, String)>> {
+) -> Result<Vec<(Id, Verdict)>> {
     let mut used: Vec<Id> = trees
         .iter()
         .filter_map(|t| repo.index.get(BlobType::Tree, t))
@@ -340,36 +360,40 @@ fn check_headers(
         .into_iter()
         .collect();
     used.sort();
-    let todo: Vec<(Id, u64)> = used
+    let todo: Vec<(Id, u64, u64)> = used
         .iter()
         .filter(|p| !packs.checked.contains_key(*p))
-        .filter_map(|p| packs.sizes.get(p).map(|n| (*p, *n)))
+        .filter_map(|p| {
+            let size = *packs.sizes.get(p)?;
+            // A pack the index describes whole: its header and the header's length.
+            let tail = size.saturating_sub(packs.ends.get(p).copied().unwrap_or(0));
+            Some((*p, size, tail))
+        })
         .collect();
-    let got = crate::util::par_map(jobs, &todo, |(pack, size)| {
+    let got = crate::util::par_map(jobs, &todo, |(pack, size, tail)| {
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
         // Damaged only when a second read says so too (a read garbled on its way is not
         // damage: blobs are called damaged only when two reads agree, review of reader-49).
-        let read = || match super::repair::read_pack_header(repo, pack, *size) {
-            Ok(_) => Ok(None),
-            Err(e) => match failed(&e, e.to_string()) {
-                Some(Verdict::Damaged(why)) => Ok(Some(why)),
-                Some(_) => Ok(None),
-                None => Err(e),
-            },
+        let read = || match super::repair::read_pack_header_tail(repo, pack, *size, *tail) {
+            Ok(_) => Ok(Verdict::Good),
+            Err(e) => failed(&e, e.to_string()).ok_or(e),
         };
         match read() {
-            Ok(Some(_)) => read(),
+            Ok(Verdict::Damaged(_)) => read(),
             other => other,
         }
     });
-    for ((pack, _), g) in todo.iter().zip(got) {
+    for ((pack, _, _), g) in todo.iter().zip(got) {
         packs.checked.insert(*pack, g?);
     }
     Ok(used
         .into_iter()
-        .filter_map(|p| Some((p, packs.checked.get(&p)?.clone()?)))
+        .filter_map(|p| match packs.checked.get(&p)? {
+            Verdict::Good => None,
+            v => Some((p, v.clone())),
+        })
         .collect())
 }
 
@@ -522,7 +546,19 @@ fn one(
     }
     v.data_blobs_read = read;
     v.data_bytes_read = bytes;
-    for (pack, why) in check_headers(repo, &trees, &blobs, packs, jobs, cancel)? {
+    let mut unchecked: Vec<(Id, String)> = Vec::new();
+    for (pack, verdict) in check_headers(repo, &trees, &blobs, packs, jobs, cancel)? {
+        let why = match verdict {
+            Verdict::Damaged(why) => why,
+            // Not checked: a problem (the snapshot not clean, not damaged either),
+            // added below unless a read of its blobs failed already.
+            Verdict::Unreadable(why) => {
+                v.unchecked_packs.push(pack.hex());
+                unchecked.push((pack, why));
+                continue;
+            }
+            Verdict::Good => continue,
+        };
         v.damaged_packs.push(pack.hex());
         v.damaged.push(Damaged {
             path: ".".into(),
@@ -576,6 +612,22 @@ fn one(
                 }
             },
         )?;
+    }
+    // A pack whose header could not be read: a problem, unless one is listed for it
+    // already (its blobs did not read either: the same pack, counted once).
+    for (pack, why) in unchecked {
+        let hex = pack.hex();
+        if v.problems.iter().any(|(_, w)| w.contains(&hex)) {
+            continue;
+        }
+        v.unreadable += 1;
+        v.problems.push((
+            ".".into(),
+            format!(
+                "the header of pack {pack}: {why} (the pack's header was not checked; its \
+                 blobs were checked at the places the index gives)"
+            ),
+        ));
     }
     v.damaged.sort_by(|a, b| {
         RelPath::from_escaped(&a.path)
