@@ -2526,7 +2526,13 @@ fn unrowed_markers(c: &Catalog) -> Vec<(String, RunReport, std::fs::File)> {
     let mut out = Vec::new();
     for e in list.flatten() {
         let name = e.file_name();
-        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".running")) else {
+        // Only a run id's marker (`store::plain_name`, as records are imported): another
+        // `*.running` name is not a run's, and never becomes a row.
+        let Some(id) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".running"))
+            .filter(|id| crate::store::plain_name(id))
+        else {
             continue;
         };
         // Empty: no report to record, or a run creating its marker this moment (a lock

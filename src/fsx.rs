@@ -732,15 +732,35 @@ pub const NOT_SUPPORTED: &str = "not supported by";
 
 /// Whether the store's refusal of attribute `name` (as `why`, [`Refused`]) is said to
 /// the user: a problem of the entry when it is copied, a warning of each run that links
-/// the entry without it and of each restore. The user's own attributes (`user.*`) and
-/// POSIX ACLs are, as is any value refused as too large. Other names the store does not
-/// support (`security.*`, `trusted.*`: the system's, as an SELinux source's
-/// `security.selinux` on every file, backed up onto NFS) are still recorded as refused
+/// the entry without it and of each restore. Every refusal is, but that of a Linux
+/// security module's label as not supported ([`LSM_LABELS`]: `security.selinux`,
+/// `security.SMACK64*`, `security.apparmor`; an SELinux source's `security.selinux` on
+/// every file, backed up onto NFS): the target system's policy applies its label again
+/// (`restorecon`), so a label lost is nothing to act on. It is still recorded as refused
 /// in the manifest (`manifest::Entry::refused`) but only logged, one line a walk or
 /// restore with a count (docs/stores.md): a warning on every run and every restore that
-/// nothing can act on buries the ones that matter.
+/// nothing can act on buries the ones that matter. Any other name lost is a loss of
+/// function, said as before: a file capability (`security.capability`: a restored
+/// `ping` no longer works), an NFSv4 ACL (`system.nfs4_acl`), an IMA/EVM signature, an
+/// overlay's `trusted.overlay.*`; and so is any value refused as too large.
 pub fn xattr_refusal_said(name: &[u8], why: &str) -> bool {
-    name.starts_with(b"user.") || name.starts_with(b"system.posix_acl") || why != NOT_SUPPORTED
+    why != NOT_SUPPORTED || !is_lsm_label(name)
+}
+
+/// The labels of Linux security modules, which their policy gives each file (the last
+/// one a prefix: Smack's `security.SMACK64`, `…EXEC`, `…TRANSMUTE`, `…MMAP`, `…IPIN`,
+/// `…IPOUT`): [`xattr_refusal_said`].
+pub const LSM_LABELS: &[&[u8]] = &[
+    b"security.selinux",
+    b"security.apparmor",
+    b"security.SMACK64",
+];
+
+/// Whether `name` is a Linux security module's label ([`LSM_LABELS`]).
+pub fn is_lsm_label(name: &[u8]) -> bool {
+    name == b"security.selinux"
+        || name == b"security.apparmor"
+        || name.starts_with(b"security.SMACK64")
 }
 
 /// Sets every attribute in `xs`. Returns the ones the target file system refused: as

@@ -2443,9 +2443,9 @@ impl<R: SnapshotReader> Restore<'_, R> {
         if self.other_entry(&at, &e, &m, existing, src)
             && let Some(r) = rec.as_ref().filter(|r| !r.refused.is_empty())
         {
-            // Those whose refusal is only logged (the system's: `security.*`,
-            // `trusted.*`, `fsx::xattr_refusal_said`) in one log line, not a warning of
-            // every restore.
+            // Those whose refusal is only logged (security modules' labels,
+            // `fsx::xattr_refusal_said`) in one log line, not a warning of every
+            // restore.
             let (said, unsaid): (Vec<&Vec<u8>>, Vec<&Vec<u8>>) = r
                 .refused
                 .iter()

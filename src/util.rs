@@ -203,15 +203,22 @@ pub const ATOMIC_TMP_STALE_AFTER: Duration = Duration::from_secs(3600);
 /// ago. A live writer's (this process's, or a recent one's) is left alone. How many
 /// were removed; failures are only logged (bookkeeping left over, nothing lost).
 pub fn sweep_atomic_tmps(dir: &Path) -> usize {
-    sweep_tmps(dir, atomic_tmp_pid, "a write that did not complete")
+    sweep_tmps(dir, atomic_tmp_pid, false, "a write that did not complete")
 }
 
 /// [`sweep_atomic_tmps`]' rules for any temp file whose name tells its writer's pid
 /// (`pid_of`; other names are left alone): the xattr probes a killed backup left in
-/// `.snapring/staging/` (`store::tree_sink::sweep_xattr_probes`). `left_by` says what
-/// left one, in the log.
-pub fn sweep_tmps(dir: &Path, pid_of: impl Fn(&[u8]) -> Option<u32>, left_by: &str) -> usize {
+/// `.snapring/staging/` (`store::tree_sink::sweep_xattr_probes`). A regular file only,
+/// unless `special`: then a fifo or a socket too (an xattr probe for a fifo or a socket
+/// is one), never a directory or a symlink. `left_by` says what left one, in the log.
+pub fn sweep_tmps(
+    dir: &Path,
+    pid_of: impl Fn(&[u8]) -> Option<u32>,
+    special: bool,
+    left_by: &str,
+) -> usize {
     use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileTypeExt;
     let Ok(list) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -224,7 +231,8 @@ pub fn sweep_tmps(dir: &Path, pid_of: impl Fn(&[u8]) -> Option<u32>, left_by: &s
         let Ok(md) = std::fs::symlink_metadata(e.path()) else {
             continue;
         };
-        if !md.is_file() {
+        let ft = md.file_type();
+        if !(ft.is_file() || special && (ft.is_fifo() || ft.is_socket())) {
             continue;
         }
         let age = md

@@ -630,14 +630,15 @@ fn an_unchanged_file_whose_xattrs_the_store_refuses_is_linked_not_copied_again()
     assert_verify_clean(&dest, &["--all"]);
 }
 
-/// A store that does not support the system's attributes (latencyfs `--no-xattrs
-/// trusted.`: as an SELinux source's `security.selinux` on every file, backed up onto
+/// A store that does not support security modules' labels (latencyfs `--no-xattrs
+/// security.`: an SELinux source's `security.selinux` on every file, backed up onto
 /// NFS): still recorded as refused in the manifest (an unchanged file is linked, not
 /// copied again), but said in one `info` log line of each run and restore with a
 /// count, not as a warning of every run and every restore (review N2: nothing the user
-/// can act on, every run). The user's own attribute the store keeps is restored.
+/// can act on, every run: the target's policy applies the label again). The user's own
+/// attribute the store keeps is restored.
 #[test]
-fn a_store_refusing_the_systems_xattrs_logs_one_line_not_a_warning_every_run() {
+fn a_store_refusing_lsm_labels_logs_one_line_not_a_warning_every_run() {
     let t = tempfile::tempdir().unwrap();
     let (src, under, mnt) = (
         t.path().join("src"),
@@ -648,11 +649,20 @@ fn a_store_refusing_the_systems_xattrs_logs_one_line_not_a_warning_every_run() {
     write(&src.join("a"), b"a");
     write(&src.join("b"), b"b");
     write(&src.join("plain"), b"plain");
-    set_xattr(&src.join("a"), "trusted.k", b"1");
+    set_xattr(
+        &src.join("a"),
+        "security.selinux",
+        b"system_u:object_r:a_t:s0",
+    );
     set_xattr(&src.join("a"), "user.u", b"kept");
-    set_xattr(&src.join("b"), "trusted.k", b"2");
+    set_xattr(
+        &src.join("b"),
+        "security.selinux",
+        b"system_u:object_r:b_t:s0",
+    );
+    set_xattr(&src.join("b"), "security.SMACK64EXEC", b"b");
     let dest = mnt.join("store");
-    let Some(_fs) = FaultFs::mount(&under, &mnt, &["--no-xattrs", "trusted."]) else {
+    let Some(_fs) = FaultFs::mount(&under, &mnt, &["--no-xattrs", "security."]) else {
         return;
     };
     let said = |rep: &serde_json::Value| {
@@ -665,7 +675,7 @@ fn a_store_refusing_the_systems_xattrs_logs_one_line_not_a_warning_every_run() {
     };
     let line = |done: &str| {
         format!(
-            "2 entries {done} without extended attributes the backup file system does not support (trusted.k)"
+            "2 entries {done} without extended attributes the backup file system does not support (security.SMACK64EXEC, security.selinux)"
         )
     };
     let (code, rep, err) = backup(&src, &dest, &["-v"], &[]);
@@ -703,9 +713,91 @@ fn a_store_refusing_the_systems_xattrs_logs_one_line_not_a_warning_every_run() {
     );
 }
 
+/// A store that does not support a file capability (`security.capability`) or an
+/// overlay's `trusted.*` attribute: a loss of function, said as any refused attribute
+/// is (a problem of the copy, a warning of each run that links the entry and of each
+/// restore), where a security module's label beside them is only logged (review M1: all
+/// but `user.*` and the POSIX ACLs were only logged, a restored `ping` no longer worked
+/// and nothing said so).
+#[test]
+fn a_store_refusing_a_capability_or_trusted_xattr_still_warns() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, under, mnt) = (
+        t.path().join("src"),
+        t.path().join("under"),
+        t.path().join("mnt"),
+    );
+    std::fs::create_dir(&under).unwrap();
+    write(&src.join("ping"), b"ping");
+    // cap_net_raw+ep, as a VFS_CAP_REVISION_2 value.
+    let cap = [
+        0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    set_xattr(&src.join("ping"), "security.capability", &cap);
+    set_xattr(
+        &src.join("ping"),
+        "security.selinux",
+        b"system_u:object_r:ping_t:s0",
+    );
+    set_xattr(&src.join("ping"), "trusted.overlay.opaque", b"y");
+    let dest = mnt.join("store");
+    let Some(_fs) = FaultFs::mount(
+        &under,
+        &mnt,
+        &["--no-xattrs", "security.", "--no-xattrs", "trusted."],
+    ) else {
+        return;
+    };
+    let refused = |n: &str| {
+        format!("ping|metadata|set extended attribute|{n} not supported by the backup file system")
+    };
+    let (code, rep, err) = backup(&src, &dest, &["-v"], &[]);
+    assert_eq!(code, 2, "{rep} {err}");
+    assert_eq!(
+        problems(&rep),
+        [
+            refused("security.capability"),
+            refused("trusted.overlay.opaque")
+        ],
+        "{rep}"
+    );
+    let logged = "1 entry backed up without extended attributes the backup file system does not support (security.selinux)";
+    assert_eq!(err.matches(logged).count(), 1, "{err}");
+    let warned = |rep: &serde_json::Value, what: &str| {
+        rep["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains(what))
+    };
+    let (code, rep, err) = backup(&src, &dest, &["-v"], &[]);
+    assert_eq!(code, 0, "{rep} {err}");
+    assert_eq!(rep["files_linked"], 1, "{rep}");
+    assert!(
+        warned(
+            &rep,
+            "1 unchanged entry linked without extended attributes the backup file system refused when it was copied (security.capability, trusted.overlay.opaque)"
+        ),
+        "a capability lost, not said: {rep}"
+    );
+    assert_eq!(err.matches(logged).count(), 1, "{err}");
+    let to = t.path().join("restored");
+    let out = snapring(&restore_json_args(&dest, "daily.0", &to), &[]);
+    let rest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(0), "{rest} {out:?}");
+    assert!(
+        warned(
+            &rest,
+            "1 entry restored without extended attributes the backup file system refused when it was backed up (security.capability, trusted.overlay.opaque)"
+        ),
+        "{rest}"
+    );
+}
+
 /// A store that refuses an attribute on fifos only (latencyfs `--no-special-xattrs
-/// trusted.`: a file system whose special files' inodes take no ACLs, while its regular
-/// files do): an unchanged fifo whose attribute it refused is linked by the next run,
+/// security.`: as a file system whose special files' inodes take no ACLs, while its
+/// regular files do; a label here, whose refusal is only logged, so that every run ends
+/// `complete`): an unchanged fifo whose attribute it refused is linked by the next run,
 /// which asks the store again with a fifo, not a regular file (review N3: the regular
 /// probe took the attribute, and the fifo was made again every run, to be refused
 /// again).
@@ -719,15 +811,15 @@ fn an_unchanged_fifo_whose_xattr_the_store_refuses_on_fifos_only_is_linked() {
     );
     std::fs::create_dir(&under).unwrap();
     write(&src.join("f"), b"f");
-    set_xattr(&src.join("f"), "trusted.k", b"file");
+    set_xattr(&src.join("f"), "security.selinux", b"file");
     let ok = Command::new("mkfifo")
         .arg(src.join("p"))
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "mkfifo");
-    set_xattr(&src.join("p"), "trusted.k", b"fifo");
+    set_xattr(&src.join("p"), "security.selinux", b"fifo");
     let dest = mnt.join("store");
-    let Some(_fs) = FaultFs::mount(&under, &mnt, &["--no-special-xattrs", "trusted."]) else {
+    let Some(_fs) = FaultFs::mount(&under, &mnt, &["--no-special-xattrs", "security."]) else {
         return;
     };
     let (code, rep, err) = backup(&src, &dest, &[], &[]);
@@ -735,7 +827,7 @@ fn an_unchanged_fifo_whose_xattr_the_store_refuses_on_fifos_only_is_linked() {
     let real = under.join("store");
     assert_eq!(
         xattrs_of(&real.join("daily.0/f")),
-        [(b"trusted.k".to_vec(), b"file".to_vec())]
+        [(b"security.selinux".to_vec(), b"file".to_vec())]
     );
     assert_eq!(xattrs_of(&real.join("daily.0/p")), []);
     let fifo = ino(&real.join("daily.0/p"));

@@ -738,7 +738,7 @@ fn a_shard_run_into_a_store_keeping_whole_second_times_marks_the_snapshot() {
 /// (`.snapring/staging/.snapring-xattr-probe-<pid>-<time>-<n>.tmp`) are removed by the
 /// next run under the store's lock, by the rules of `write_atomic`'s temp files: a
 /// gone process's once 10 minutes old, any once an hour old; a recent one or a live
-/// process's is left (review N4: nothing removed them).
+/// process's is left (review N4: nothing removed them). A fifo probe too.
 #[test]
 fn xattr_probes_left_by_a_killed_run_are_swept_by_the_next() {
     let t = tempfile::tempdir().unwrap();
@@ -763,7 +763,16 @@ fn xattr_probes_left_by_a_killed_run_are_swept_by_the_next() {
         set_mtime(&p, now - age, 0);
         p
     };
-    let swept = [probe(dead, 0, 20 * 60), probe(me, 1, 2 * 3600)];
+    // A fifo probe (for a fifo entry) left by a killed run: swept as a regular one is
+    // (review L1: only regular files were).
+    let fifo = staging.join(format!(".snapring-xattr-probe-{dead}-18a2b3c4d5e6f7-4.tmp"));
+    let ok = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "mkfifo");
+    set_mtime(&fifo, now - 20 * 60, 0);
+    let swept = [probe(dead, 0, 20 * 60), probe(me, 1, 2 * 3600), fifo];
     let kept = [
         probe(dead, 2, 10),
         probe(me, 3, 20 * 60),
@@ -778,7 +787,11 @@ fn xattr_probes_left_by_a_killed_run_are_swept_by_the_next() {
     let (code, rep, err) = backup(&src, &dest, &[], &[]);
     assert_eq!(code, 0, "{rep} {err}");
     for p in &swept {
-        assert!(!p.exists(), "{} was not swept", p.display());
+        assert!(
+            p.symlink_metadata().is_err(),
+            "{} was not swept",
+            p.display()
+        );
     }
     for p in &kept {
         assert!(p.exists(), "{} was swept", p.display());

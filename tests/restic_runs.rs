@@ -2254,6 +2254,14 @@ fn a_repository_run_whose_catalog_was_locked_throughout_is_recorded_by_the_next(
         Vec::<String>::new(),
         "recorded in a locked catalog?"
     );
+    // A marker whose name is no run id (`store::plain_name`), holding a report of that
+    // name: not a run's, never a row (review L4: any `*.running` name was taken).
+    let forged_id = "not a run id";
+    let mut forged: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+    forged["id"] = forged_id.into();
+    let forged_marker = t.path().join("logs").join(format!("{forged_id}.running"));
+    std::fs::write(&forged_marker, serde_json::to_vec(&forged).unwrap()).unwrap();
     let (code, _, err) = cli(&catalog, &backup, &env);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
@@ -2262,6 +2270,12 @@ fn a_repository_run_whose_catalog_was_locked_throughout_is_recorded_by_the_next(
         "the locked-out run was never recorded"
     );
     assert!(!marker.exists(), "its marker was left");
+    assert_eq!(
+        rows(forged_id),
+        Vec::<String>::new(),
+        "a forged id recorded"
+    );
+    assert!(forged_marker.exists());
 }
 
 /// Session 49 (as session 48 for a store's run, tests/serve.rs): a repository run whose

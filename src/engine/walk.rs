@@ -101,7 +101,7 @@ pub struct Walk<'a, S: Sink> {
     /// Whether a fatal error no longer counts (see [`Walk::moot_if`]).
     moot: Option<Moot<'a>>,
     /// Entries copied or linked without attributes the store does not support whose
-    /// refusal is only logged (`security.*`, `trusted.*`: [`fsx::xattr_refusal_said`]),
+    /// refusal is only logged (security modules' labels: [`fsx::xattr_refusal_said`]),
     /// and those names: one `info` line at the end of the walk, not a warning of every
     /// run (still recorded as refused in the manifest).
     unsaid_refusals: Mutex<(u64, std::collections::BTreeSet<Vec<u8>>)>,
@@ -2058,7 +2058,7 @@ fn refused_names(kind: Kind, before: &[Vec<u8>], now: &[(Vec<u8>, &str)]) -> Vec
 const UNSAID_NAMED: usize = 8;
 
 /// Adds `name` to those [`unsaid_refusals_line`] shows, kept to one more than it names
-/// (a source may hold any number of distinct `trusted.*` names).
+/// (a source may hold any number of distinct `security.SMACK64*` names).
 pub fn add_unsaid(names: &mut std::collections::BTreeSet<Vec<u8>>, name: &[u8]) {
     if names.len() <= UNSAID_NAMED && !names.contains(name) {
         names.insert(name.to_vec());
@@ -2082,15 +2082,15 @@ pub fn unsaid_refusals_line(
         shown.push("…".into());
     }
     format!(
-        "{n} entr{} {done} without extended attributes the backup file system does not support ({}): recorded as refused in the manifest, not in the snapshot; logged only, as the system's, not the user's (docs/stores.md)",
+        "{n} entr{} {done} without extended attributes the backup file system does not support ({}): recorded as refused in the manifest, not in the snapshot; logged only, as a security module's label its policy applies again (docs/stores.md)",
         if n == 1 { "y" } else { "ies" },
         shown.join(", "),
     )
 }
 
-/// The problems of extended attributes the backup file system refused on `rel`: the
-/// user's own (`user.*`) and ACLs, and any value too large for it; others it does not
-/// support (`security.*`, `trusted.*`) are only logged ([`fsx::xattr_refusal_said`]:
+/// The problems of extended attributes the backup file system refused on `rel`: all but
+/// the security modules' labels it does not support (`security.selinux`, …), which are
+/// only logged ([`fsx::xattr_refusal_said`]:
 /// the walk counts them into one line, [`Walk::unsaid_refusals`]). Also finalize's,
 /// for the spine directories of a shard run.
 pub fn refused_xattr_problems(rel: &RelPath, refused: &[(Vec<u8>, &str)]) -> Vec<Problem> {

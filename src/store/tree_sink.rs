@@ -1153,11 +1153,12 @@ fn xattr_probe_pid(name: &[u8]) -> Option<u32> {
 /// Removes the xattr probes a backup killed between a probe's creation and its removal
 /// left in `dir` (`.snapring/staging/`), by the rules of the temp files of
 /// `write_atomic` ([`crate::util::sweep_tmps`]: a dead pid's after 10 minutes, any
-/// after an hour); called under the store's lock, at a run's start. How many.
+/// after an hour; a fifo or a socket probe too, not a directory or a symlink); called under the store's lock, at a run's start. How many.
 pub fn sweep_xattr_probes(dir: &std::path::Path) -> usize {
     crate::util::sweep_tmps(
         dir,
         xattr_probe_pid,
+        true,
         "a backup killed as it probed the store",
     )
 }
