@@ -1722,7 +1722,7 @@ impl State<'_> {
                             cause: msg.clone(),
                             question,
                         });
-                        gave_up = Some((row_id, row_store));
+                        gave_up = Some((row_id, row_store, "has not answered"));
                         None
                     }
                     // Still `running`: a live command holds its store (a restore or a
@@ -1737,8 +1737,18 @@ impl State<'_> {
                     }
                     Answer::Got(Some((_, r))) if r.status == crate::report::Status::Running => {
                         // Given up: told without its record, which is marked told
-                        // once it is settled ([`State::mark_told`]).
+                        // once it is settled ([`State::mark_told`]); noted in the
+                        // catalog and its row `failed`, as when the store does not
+                        // answer: a daemon stopped before the command ends left the
+                        // row `running`, and the next start (or run) settled it into
+                        // an untold death, told again.
                         self.settling.remove(&question);
+                        if let Some(mut c) = self.catalog()
+                            && let Err(e) =
+                                c.note_told_death(&row_id, &key, Path::new(&row_store), &msg)
+                        {
+                            tracing::warn!("{e}");
+                        }
                         self.unmarked.push(Unmarked {
                             key,
                             root: PathBuf::from(&row_store),
@@ -1746,6 +1756,7 @@ impl State<'_> {
                             cause: msg.clone(),
                             question,
                         });
+                        gave_up = Some((row_id, row_store, "is held by another command"));
                         None
                     }
                     Answer::Got(s) => {
@@ -1792,14 +1803,14 @@ impl State<'_> {
             return true;
         }
         let msg = match &gave_up {
-            Some((_, store)) => format!(
-                "{msg}; its store {store} has not answered (its record there is settled by the next command that reaches it)"
+            Some((_, store, why)) => format!(
+                "{msg}; its store {store} {why} (its record there is settled by the next command that reaches it)"
             ),
             None => msg,
         };
         tracing::error!("job {name}: {msg}");
         self.event(Some(name), "error", &msg);
-        if let Some((id, _)) = &gave_up
+        if let Some((id, _, _)) = &gave_up
             && let Some(mut r) = self
                 .catalog()
                 .and_then(|c| c.run_summary(id).ok().flatten())
@@ -1924,11 +1935,15 @@ impl State<'_> {
                             }
                             *r = now;
                         }
-                        Ok(Some(_)) => {
+                        Ok(Some(now)) => {
                             tracing::info!(
                                 "job {name}: the death of its run {} was told meanwhile (by a run of the job); not told again",
                                 r.id
                             );
+                            // The catalog row as the record has it, with the run's
+                            // outcomes (written from the record read before, they were
+                            // lost from the row).
+                            record_run(catalog.as_deref(), on_nfs, None, &now);
                             return;
                         }
                         _ => {}
@@ -2527,13 +2542,27 @@ fn died_untold(r: &crate::report::RunReport) -> bool {
 /// same death tell it once. `None` if the file cannot be opened (a store that cannot
 /// be written: the death is told all the same, as it was before the claim).
 fn death_claim(store: &crate::store::Store) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = store.meta.join("told.lock");
+    // Opened as the store's lock is ([`crate::store::lock`]): whoever can write the
+    // store can put a fifo there (a plain open for writing waited for a reader for
+    // ever: the run hung before its backup, the daemon skipped every later trigger),
+    // or a symlink (a root run created a file at its target); private.
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
+        .mode(0o600)
+        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOFOLLOW).bits() as i32)
         .open(&path)
-        .map_err(|e| tracing::warn!("{}: cannot open it: {e}", crate::relpath::shown(&path)))
+        .and_then(|f| crate::fsx::check_regular(std::os::fd::AsFd::as_fd(&f)).map(|()| f))
+        .map_err(|e| {
+            tracing::warn!(
+                "{}: cannot open it to claim the telling of its runs' deaths (told all the same): {e}",
+                crate::relpath::shown(&path)
+            )
+        })
         .ok()?;
     rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
         .map_err(|e| tracing::warn!("{}: cannot lock it: {e}", crate::relpath::shown(&path)))
@@ -2551,17 +2580,54 @@ fn death_claim(store: &crate::store::Store) -> Option<std::fs::File> {
 /// next command and told to nobody, night after night, unless a daemon started. Each
 /// under the store's [`death_claim`], told only if still untold, and its notifiers'
 /// outcomes written into its record and its catalog row (`catalog`: path, on NFS):
-/// neither a later run nor a daemon's start tells it again.
+/// neither a later run nor a daemon's start tells it again. `true` if a stop (SIGTERM,
+/// SIGINT) cut a notice short: that death is left untold, and the caller is not to
+/// start its run (its record, newer, would make the death history, never told).
 pub fn tell_untold_deaths(
     root: &Path,
     name: &str,
     catalog: Option<(&Path, bool)>,
     notifiers: &[(String, crate::notify::NotifierConfig)],
-) {
+) -> bool {
     if notifiers.is_empty() || !root.join(crate::store::META_DIR).is_dir() {
-        return;
+        return false;
     }
+    // The deaths a daemon told before their store answered (or while a command held
+    // it), noted in the catalog for their records to be marked told
+    // ([`Catalog::note_told_death`]): told already, marked here (they were told again
+    // by a run that came first, as untold deaths).
+    let noted: BTreeMap<String, String> = catalog
+        .and_then(|(path, on_nfs)| match Catalog::open(path, on_nfs) {
+            Ok(c) => c.told_deaths().map_err(|e| tracing::warn!("{e}")).ok(),
+            Err(e) => {
+                tracing::warn!("{e}");
+                None
+            }
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(id, _, _, cause)| (id, cause))
+        .collect();
     for (store, r) in look_in_store(root, name).untold {
+        if let Some(cause) = noted.get(&r.id) {
+            let marked = settle_dead(
+                &store.root,
+                &r.id,
+                cause,
+                &std::sync::atomic::AtomicU8::new(GAVE_UP),
+            );
+            tracing::info!(
+                "job {name}: the death of its run {} was told by the daemon before its store answered; its record now says so",
+                r.id
+            );
+            if marked.is_some_and(|(_, r)| r.status != crate::report::Status::Running)
+                && let Some((path, on_nfs)) = catalog
+                && let Err(e) = Catalog::open(path, on_nfs).and_then(|mut c| c.marked_told(&r.id))
+            {
+                tracing::warn!("{e}");
+            }
+            continue;
+        }
         let claim = death_claim(&store);
         let mut r = match store.read_run(&r.id) {
             Ok(Some(now)) if died_untold(&now) => now,
@@ -2574,6 +2640,16 @@ pub fn tell_untold_deaths(
             r.message
         );
         r.notifications = crate::notify::send_notice(notifiers, &crate::notify::Notice::backup(&r));
+        // Cut short by a stop (SIGTERM, SIGINT): left untold, for the next run or
+        // daemon start to tell (written, the cut outcome made it told, and a daemon's
+        // start looks for cut notices in a job's newest record only: this run's own).
+        if !cut_notifiers(&r).is_empty() {
+            tracing::warn!(
+                "job {name}: the notice of the death of its run {} was cut short by a stop; it is told again by the job's next run or daemon start",
+                r.id
+            );
+            return true;
+        }
         record_run(
             catalog.map(|c| c.0),
             catalog.is_some_and(|c| c.1),
@@ -2582,6 +2658,7 @@ pub fn tell_untold_deaths(
         );
         drop(claim);
     }
+    false
 }
 
 /// The warning in the record of a run whose death the daemon told to nobody (its job

@@ -341,7 +341,7 @@ fn check_fields(fields: &[&str], specs: &[Field]) -> Result<(), String> {
                     // said only "Component error: Invalid start of range."
                     _ => {
                         return Err(format!(
-                            "the {} field {text:?}{}: a range goes from one value to another                              ({}–{}{}); `L-n` and `W` ranges are not supported",
+                            "the {} field {text:?}{}: a range goes from one value to another ({}–{}{}); `L-n` and `W` ranges are not supported",
                             f.name,
                             match item == *text {
                                 true => String::new(),
@@ -1420,9 +1420,11 @@ mod tests {
         ] {
             let m = refused(e);
             assert!(
-                m.contains(&format!("the {field} field")) && m.contains("a range goes from"),
+                m.contains(&format!("the {field} field"))
+                    && m.contains("a range goes from one value to another ("),
                 "{e}: {m}"
             );
+            assert!(!m.contains("  "), "{e}: {m:?}");
             assert!(!m.contains("Component error"), "{e}: {m}");
         }
         parse("0 2 * * MON-FRI", None).unwrap();

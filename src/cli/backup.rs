@@ -155,13 +155,19 @@ pub fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     // daemon saw die): told now, before this run, which may die the same way.
     if !job.opts.dry_run
         && let Some(name) = &job.opts.job
-    {
-        snapring::daemon::tell_untold_deaths(
+        && snapring::daemon::tell_untold_deaths(
             &job.opts.store,
             name,
             job.catalog.as_ref().map(|c| (c.path.as_path(), c.on_nfs)),
             &job.notifiers,
+        )
+    {
+        // Stopped while it told them: not started (a record of its own, newer, would
+        // make the death it did not finish telling history, told by nobody).
+        errln!(
+            "snapring: job {name}: stopped while its notifiers were told of an earlier run's death; this run did not start (the death is told by the next run)"
         );
+        return Ok(ExitCode::Incomplete);
     }
     let (report, refused) = match snapring::job::run(
         &job.opts,
