@@ -815,8 +815,10 @@ impl Catalog {
 
     /// Inserts or updates one restore (kind `restore`) and its problems. Its store and
     /// target are keyed canonicalized, as backups' stores are. `files_total` counts the
-    /// restored set's files (restored, identical, in conflict), `files_transferred` and
-    /// `bytes_transferred` what was restored.
+    /// restored set's entries other than directories: regular files, symlinks and
+    /// special files (FIFOs, sockets, device nodes), restored, identical or in conflict
+    /// (`files_restored + others_restored + skipped_identical + conflicts_total`);
+    /// `files_transferred` and `bytes_transferred` the regular files restored.
     pub fn record_restore(&mut self, r: &RestoreReport) -> Result<()> {
         let path = self.path.clone();
         let id = r.id.as_deref().ok_or_else(|| CatalogError::Db {

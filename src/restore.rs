@@ -1079,6 +1079,7 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     let reader = TreeReader::for_restore(b(&sel.fd), sel.manifest.as_ref());
     let (target, existing) = check_target(opts, &store)?;
     let found = locate(opts, &sel, &reader)?;
+    let path_warning = found.warning.clone();
     // `--path`: the entry restored, and whether it is a directory (which manifest blocks
     // its content's checks need).
     let restored_entry = found
@@ -1243,7 +1244,9 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
             format!("{e}: {unchecked}"),
         );
     }
-    Ok(r.report(&sel, &store, started_at, t0))
+    let mut report = r.report(&sel, &store, started_at, t0);
+    report.warnings.splice(0..0, path_warning);
+    Ok(report)
 }
 
 /// Where the restored entry is in the snapshot: the directory holding it (the root when
@@ -1252,6 +1255,9 @@ struct Found<D> {
     dir: D,
     dir_rel: RelPath,
     named: Option<(RelPath, Listed, Kind)>,
+    /// `--path` read two ways, both there: the escaped reading is restored, and this
+    /// warning names the literal one and the spelling that reaches it.
+    warning: Option<String>,
 }
 
 /// Finds `--path` in the snapshot, one directory at a time (no path-length limit).
@@ -1266,12 +1272,15 @@ fn locate<R: SnapshotReader>(
             dir: root,
             dir_rel: RelPath::root(),
             named: None,
+            warning: None,
         });
     };
     let shown = sel.path.join(p.as_path());
     // `--path` typed with a real `%` in a name (`a%FFb`, not `a%25FFb`): its literal
-    // reading is looked for too. Both there: refused, the user says which; the literal
-    // one alone: named in the error (it was "has no a\xFFb", no hint).
+    // reading is looked for too. Both there: the escaped reading (snapring's spelling,
+    // so a path copied from its output is found) is restored, with a warning naming the
+    // other and the spelling that reaches it (it was restored with no word of the
+    // other); the literal one alone: named in the error (it was "has no a\xFFb").
     let literal = match &opts.path_literal {
         Some(l) if l != p => {
             let root = reader.root().ctx("open", &sel.path)?;
@@ -1280,15 +1289,6 @@ fn locate<R: SnapshotReader>(
         _ => None,
     };
     let (dir, listed, kind) = match find_in(reader, root, p) {
-        Ok(_) if literal.is_some() => {
-            return Err(Error::Refused(ambiguous_path(
-                "--path",
-                &opts.path_typed(),
-                p,
-                literal.expect("checked"),
-                &format!("snapshot {}", sel.snap.name),
-            )));
-        }
         Ok(found) => found,
         Err((e, action)) => {
             let err = not_in_snapshot(e, &sel.path, &sel.snap.name, p, action, &shown);
@@ -1305,6 +1305,14 @@ fn locate<R: SnapshotReader>(
         dir,
         dir_rel: p.parent(),
         named: Some((p.clone(), listed, kind)),
+        warning: literal.map(|l| {
+            ambiguous_path(
+                "--path",
+                &opts.path_typed(),
+                l,
+                &format!("snapshot {}", sel.snap.name),
+            )
+        }),
     })
 }
 
@@ -1518,6 +1526,7 @@ fn plan_start<R: SnapshotReader>(
         dir,
         dir_rel,
         named,
+        warning: _,
     } = found;
     let to = || to_fd.map(dup);
     let (src, src_rel, dst, dst_rel, only, apply) = match named {
@@ -3589,19 +3598,15 @@ pub fn literal_path(p: &Path) -> Option<RelPath> {
     (escaped.as_ref() != Some(&literal) && !literal.is_root()).then_some(literal)
 }
 
-/// Both readings of a typed path name an entry (a name `a%FFb` and a name `a`, FF,
-/// `b`): which one the user meant cannot be told, so nothing is chosen. `what`: the
-/// argument (`--path`, `PATH`), `where_`: the snapshot (or store) that has both.
-pub fn ambiguous_path(
-    what: &str,
-    typed: &Path,
-    escaped: &RelPath,
-    literal: &RelPath,
-    where_: &str,
-) -> String {
+/// Both readings of a typed path name an entry (a name `a`, FF, `b` and a name
+/// `a%FFb`): the escaped reading, snapring's own spelling (a path copied from its output
+/// is found), is the one taken; this warning names the other and the spelling that
+/// reaches it. `what`: the argument (`--path`, `PATH`), `where_`: the snapshot (or
+/// store) that has both.
+pub fn ambiguous_path(what: &str, typed: &Path, literal: &RelPath, where_: &str) -> String {
+    let typed = crate::relpath::shown(typed);
     format!(
-        "{what} {} names two entries of {where_}: {escaped} (the path read as snapring prints paths, %XX the byte XX) and {literal} (the name with a % in it, as typed); give the one meant as snapring prints it: {escaped} or {literal}",
-        crate::relpath::shown(typed),
+        "{what} {typed} is read as snapring prints paths (%XX the byte XX); {typed} taken literally is also an entry of {where_}: to mean it, give {literal}"
     )
 }
 

@@ -2002,34 +2002,78 @@ fn escaped_names_as_printed_are_accepted_back_by_history_and_restore() {
 
 /// A `--path` typed with a real `%` in a name (`a%FFb`, the five characters, not
 /// `a%25FFb`) where the snapshot also holds the name its escaped reading gives (`a`, the
-/// byte FF, `b`): `restore` silently restored the other file, exit 0, no warning; and
-/// where only the literal name is there, "snapshot daily.0 has no repArt" gave no hint.
-/// Now both there is refused (exit 64, nothing written, both spellings named), and the
-/// literal one alone is named in the error with the spelling to type; `history` alike.
-/// (h2 report, F1)
+/// byte FF, `b`): `restore` restored the escaped one, exit 0, with no word of the other;
+/// and where only the literal name is there, "snapshot daily.0 has no repArt" gave no
+/// hint. Now both there restores the escaped reading (snapring's own spelling, so a
+/// path copied from its output is found) with a warning naming the other and the
+/// spelling that reaches it (`a%25FFb`, which restores it); the literal one alone is
+/// named in the error with the spelling to type; `history` alike. (h2 report, F1; the
+/// review's M1: refusing both made `a%FFb` a loop and a copied path always refused)
 #[test]
-fn a_typed_percent_that_reads_two_ways_is_refused_or_named() {
+fn a_typed_percent_that_reads_two_ways_takes_the_escaped_one_and_warns() {
     use std::os::unix::ffi::OsStrExt;
     let t = tempfile::tempdir().unwrap();
     let (src, store) = (t.path().join("src"), t.path().join("store"));
     write(&src.join("a%FFb"), b"literal");
-    write(&src.join(OsStr::from_bytes(b"a\xffb")), b"latin-1");
+    write(&src.join(OsStr::from_bytes(b"a\xffb")), b"latin-one");
     write(&src.join("rep%41rt"), b"report");
     write(&src.join("d/x%20y"), b"spaced");
     ok_backup(&src, &store);
 
-    // Both readings name an entry: refused, nothing restored.
+    // Both readings name an entry: the escaped one is restored, with a warning naming
+    // the literal one and how to reach it.
+    let warned = |w: &str| {
+        w.contains("a%FFb taken literally is also an entry of snapshot daily.0")
+            && w.contains("to mean it, give a%25FFb")
+    };
     let to = t.path().join("to-both");
-    let (code, _, err) = restore(&store, "daily.0", &to, &["--path", "a%FFb"]);
-    assert_eq!(code, 64, "{err}");
-    assert!(
-        err.contains("a%FFb") && err.contains("a%25FFb") && err.contains("names two entries"),
-        "{err}"
+    let (code, rep, err) = restore(&store, "daily.0", &to, &["--path", "a%FFb", "--flat"]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(
+        std::fs::read(to.join(OsStr::from_bytes(b"a\xffb"))).unwrap(),
+        b"latin-one"
     );
+    assert!(!to.join("a%FFb").exists(), "both readings restored");
+    let warnings = rep["warnings"].as_array().unwrap();
     assert!(
-        !to.join("a%FFb").exists() && !to.join(OsStr::from_bytes(b"a\xffb")).exists(),
-        "an ambiguous --path restored something"
+        warnings.iter().any(|w| warned(w.as_str().unwrap())),
+        "{rep}"
     );
+    // The text summary says it too.
+    let to_text = t.path().join("to-both-text");
+    let mut args = restore_args(&store, "daily.0", &to_text).to_vec();
+    args.extend([OsStr::new("--path"), OsStr::new("a%FFb")]);
+    let out = snapring(&args, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("warning:") && warned(&err), "{err}");
+    // Each spelled as printed is taken as it is.
+    for (arg, name, data) in [
+        ("a%25FFb", &b"a%FFb"[..], &b"literal"[..]),
+        ("a%ff", b"", b""),
+    ] {
+        if name.is_empty() {
+            // `a%ff`: neither reading is there: the plain "has no" error, no hint.
+            let to = t.path().join("to-none");
+            let (code, _, err) = restore(&store, "daily.0", &to, &["--path", arg]);
+            assert_ne!(code, 0, "{err}");
+            assert!(
+                err.contains("has no a%FF") && !err.contains("as typed"),
+                "{err}"
+            );
+            continue;
+        }
+        let to = t.path().join("to-one");
+        let (code, rep, err) = restore(&store, "daily.0", &to, &["--path", arg, "--flat"]);
+        assert_eq!(code, 0, "restore --path {arg}: {err}");
+        assert_eq!(
+            std::fs::read(to.join(OsStr::from_bytes(name))).unwrap(),
+            data
+        );
+        assert!(!to.join(OsStr::from_bytes(b"a\xffb")).exists());
+        assert_eq!(rep["warnings"], serde_json::json!([]), "{rep}");
+    }
+
     // Each spelled as printed is taken as it is.
     for (arg, name, data) in [
         ("a%25FFb", &b"a%FFb"[..], &b"literal"[..]),
@@ -2078,12 +2122,29 @@ fn a_typed_percent_that_reads_two_ways_is_refused_or_named() {
             p.as_ref(),
         ])
     };
-    let (code, _, err, _) = history("a%FFb");
-    assert_eq!(code, 64, "{err}");
+    // Both there: the escaped reading's history, with the warning.
+    let (code, h, err, _) = history("a%FFb");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        (h[0]["kind"].as_str(), h[0]["size"].as_u64()),
+        (Some("file"), Some(9)),
+        "{h}"
+    );
     assert!(
-        err.contains("a%25FFb") && err.contains("names two entries"),
+        err.contains("warning:")
+            && err.contains("a%FFb taken literally is also an entry of store")
+            && err.contains("to mean it, give a%25FFb"),
         "{err}"
     );
+    // Spelled as printed, the literal one's history (7 bytes, "literal"), no warning.
+    let (code, hl, err, _) = history("a%25FFb");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        (hl[0]["kind"].as_str(), hl[0]["size"].as_u64()),
+        (Some("file"), Some(7)),
+        "{hl}"
+    );
+    assert!(!err.contains("warning"), "{err}");
     let (code, _, err, _) = history("rep%41rt");
     assert_eq!(code, 1, "{err}");
     assert!(

@@ -237,11 +237,12 @@ pub fn path_history(path: &Path, a: HistoryArgs) -> anyhow::Result<ExitCode> {
 
 /// `history PATH` typed with a real `%` in a name (`a%FFb` for the name of those five
 /// characters, not `a%25FFb`): its literal reading (`restore::literal_path`) is looked
-/// up too, as `restore --path` does. Both readings found (in any snapshot): refused,
-/// exit 64, naming both spellings (the escaped reading's history was shown alone, as if
-/// the other did not exist); the literal one alone: the "no snapshot has" error names
-/// the spelling to type (it gave no hint). `versions`: the escaped reading's history;
-/// `present`: whether a version has the entry.
+/// up too, as `restore --path` does. Both readings found (in any snapshot): the escaped
+/// reading's history is shown (snapring's spelling: a path copied from its output is
+/// found), with a warning on stderr naming the other entry and the spelling that
+/// reaches it (it was shown with no word of the other); the literal one alone: the "no
+/// snapshot has" error names the spelling to type (it gave no hint). `versions`: the
+/// escaped reading's history; `present`: whether a version has the entry.
 pub(crate) fn literal_reading<V, E: Into<anyhow::Error>>(
     path: &Path,
     rel: &snapring::relpath::RelPath,
@@ -257,10 +258,13 @@ pub(crate) fn literal_reading<V, E: Into<anyhow::Error>>(
         return versions.map_err(Into::into);
     }
     match versions {
-        Ok(v) if v.iter().any(&present) => Err(usage!(
-            "{}",
-            snapring::restore::ambiguous_path("PATH", path, rel, &l, where_)
-        )),
+        Ok(v) if v.iter().any(&present) => {
+            errln!(
+                "snapring: warning: {}",
+                snapring::restore::ambiguous_path("PATH", path, &l, where_)
+            );
+            Ok(v)
+        }
         Ok(_) => Err(anyhow::anyhow!(
             "no snapshot has {rel}; {}",
             snapring::restore::literal_hint(&l)

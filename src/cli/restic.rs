@@ -1086,8 +1086,8 @@ pub fn restore(
 /// A repository restore's files and bytes in the store restore's terms: the files a
 /// rerun found whole and kept are `skipped_identical`, as a store restore's rerun
 /// counts the files it finds identical, and `files_restored`/`bytes_restored` are
-/// what this run wrote. (Before, `--json` counted kept files as restored and did not
-/// say how many were kept.)
+/// what this run wrote, and `others_restored` the symlinks it made. (Before, `--json`
+/// counted kept files as restored and did not say how many were kept.)
 fn kept_as_identical(
     out: &mut snapring::restore::RestoreReport,
     r: &restic::restore::RestoreReport,
@@ -1095,6 +1095,9 @@ fn kept_as_identical(
     out.files_restored = r.files - r.kept;
     out.bytes_restored = r.bytes - r.kept_bytes;
     out.skipped_identical = r.kept;
+    // Symlinks, as a store restore counts them (`others_restored`); the repository
+    // restore counts no FIFOs or device nodes apart.
+    out.others_restored = r.symlinks;
 }
 
 fn print_forget(r: &restic::forget::ForgetReport) {
