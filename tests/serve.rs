@@ -3100,6 +3100,7 @@ fn a_run_after_a_kept_store_record_shows_at_the_next_scrape() {
     // `runs/` settled (its times 2 s old): a scrape keeps what it read.
     settle();
     let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    scraped_until_kept(&s.addr);
     for _ in 0..2 {
         let m = get(&s.addr, "/metrics").body;
         assert_eq!(home_last_status(&m, "complete"), Some(true), "{m}");
@@ -3334,6 +3335,7 @@ fn a_rotation_journal_written_after_a_kept_store_record_shows_its_run() {
     std::fs::rename(&journal, &aside).unwrap();
     settle();
     let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    scraped_until_kept(&s.addr);
     for _ in 0..2 {
         let m = get(&s.addr, "/metrics").body;
         assert_eq!(home_last_status(&m, "complete"), Some(true), "{m}");
@@ -3371,6 +3373,7 @@ fn kept_snapshots_follow_a_run_that_ends_and_a_rotation() {
     settle();
     let s = serve(&f, "127.0.0.1:0", &[], &[]);
     let snap = |n: &str, id: &str| (n.to_string(), id.to_string());
+    scraped_until_kept(&s.addr);
     for _ in 0..2 {
         assert_eq!(home_snapshots(&s.addr), [snap("daily.0", &r1)]);
     }
@@ -3382,7 +3385,7 @@ fn kept_snapshots_follow_a_run_that_ends_and_a_rotation() {
     assert_eq!(home_snapshots(&s.addr), two);
     let home = home_of_api(&s.addr);
     assert_eq!(home["last"]["id"], r2.as_str(), "{home}");
-    settle();
+    scraped_until_kept(&s.addr);
     for _ in 0..2 {
         assert_eq!(home_snapshots(&s.addr), two);
     }
@@ -3422,6 +3425,7 @@ fn a_snapshot_removed_by_hand_goes_at_the_next_scrape() {
     assert_ne!(at(&r1), at(&r2));
     settle();
     let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    scraped_until_kept(&s.addr);
     for _ in 0..2 {
         assert_eq!(
             home_snapshots(&s.addr),
@@ -3454,4 +3458,184 @@ fn a_snapshot_removed_by_hand_goes_at_the_next_scrape() {
         .unwrap();
     assert!(rm.success());
     assert_eq!(home_snapshots(&s.addr), Vec::<(String, String)>::new());
+}
+
+/// A scrape, then another [`settle`] later: serve trusts a store's stamp only once it
+/// took the same stamp at a request 2 s or more before (by its own monotonic clock),
+/// so the second keeps what it reads.
+fn scraped_until_kept(addr: &str) {
+    let _ = home_of_api(addr);
+    settle();
+    let _ = home_of_api(addr);
+}
+
+/// Review of session 50 (MEDIUM-3 a): the rotation journal edited in place (its own
+/// stamp changes; `.snapring/` and the root do not) shows at the next scrape once
+/// settled. Here the killed run's journal is emptied in place (an unreadable journal:
+/// the store is read as it is, the run before shown), then written back in place (its
+/// run published: shown, `catalog_behind` 1).
+#[test]
+fn a_rotation_journal_edited_in_place_shows_at_the_next_scrape() {
+    use std::os::unix::fs::MetadataExt;
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let dest = f.t.path().join("dest");
+    let first = newest_record(&dest);
+    let out = f
+        .run_cmd("home", &f.cfg, &[], "journal.after_write=kill")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let journal = dest.join(".snapring/journal");
+    let rec = newest_record(&dest);
+    assert_eq!(rec["status"], "running", "{rec}");
+    let db = rusqlite::Connection::open(&f.catalog).unwrap();
+    let id = rec["id"].as_str().unwrap();
+    assert_eq!(
+        db.execute("DELETE FROM runs WHERE id = ?1", [id]).unwrap(),
+        1
+    );
+    drop(db);
+    let text = std::fs::read(&journal).unwrap();
+    let in_place = |bytes: &[u8]| {
+        let ino = std::fs::metadata(&journal).unwrap().ino();
+        let mut w = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&journal)
+            .unwrap();
+        w.write_all(bytes).unwrap();
+        drop(w);
+        assert_eq!(std::fs::metadata(&journal).unwrap().ino(), ino);
+    };
+    let meta = || {
+        std::fs::metadata(dest.join(".snapring"))
+            .unwrap()
+            .mtime_nsec()
+    };
+    let meta_before = meta();
+    in_place(b"");
+    settle();
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    scraped_until_kept(&s.addr);
+    let before = || {
+        let m = get(&s.addr, "/metrics").body;
+        assert_eq!(home_series(&m, "snapring_catalog_behind"), Some(0.0), "{m}");
+        assert_eq!(home_of_api(&s.addr)["last"]["id"], first["id"]);
+    };
+    before();
+    before();
+    in_place(&text);
+    assert_eq!(meta(), meta_before, "only the journal changed");
+    settle();
+    let shown = || {
+        let m = get(&s.addr, "/metrics").body;
+        assert_eq!(home_series(&m, "snapring_catalog_behind"), Some(1.0), "{m}");
+        let home = home_of_api(&s.addr);
+        assert_eq!(home["last"]["id"], rec["id"], "{home}");
+        assert_eq!(home["last"]["status"], "complete", "{home}");
+        assert_eq!(home["snapshots"][0]["run_id"], rec["id"], "{home}");
+    };
+    shown();
+    shown();
+}
+
+/// Review of session 50 (MEDIUM-3 b): `.snapring/store.json` replaced by a rename
+/// (only `.snapring/` changes: the root, `snapshots.json`, the journal, `runs/` and
+/// `manifests/` do not) shows at the next scrape once settled: a store of a newer
+/// format is refused, its snapshots no longer shown; put back, they are again.
+#[test]
+fn store_json_replaced_by_a_rename_shows_at_the_next_scrape() {
+    use std::os::unix::fs::MetadataExt;
+    let f = fixture();
+    let dest = f.t.path().join("dest");
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let r1 = newest_record(&dest)["id"].as_str().unwrap().to_string();
+    let info = dest.join(".snapring/store.json");
+    let text = std::fs::read(&info).unwrap();
+    let mut newer: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    newer["format"] = serde_json::json!(999);
+    let replace = |bytes: &[u8]| {
+        let tmp = dest.join(".snapring/store.json.new");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, &info).unwrap();
+    };
+    let root = || std::fs::metadata(&dest).unwrap().mtime_nsec();
+    let root_before = root();
+    settle();
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    scraped_until_kept(&s.addr);
+    let one = [("daily.0".to_string(), r1.clone())];
+    assert_eq!(home_snapshots(&s.addr), one);
+    replace(&serde_json::to_vec(&newer).unwrap());
+    assert_eq!(root(), root_before, "only .snapring/ changed");
+    settle();
+    for _ in 0..2 {
+        assert_eq!(home_snapshots(&s.addr), []);
+        let home = home_of_api(&s.addr);
+        let errors = home["errors"].to_string();
+        assert!(errors.contains("store format 999"), "{home}");
+    }
+    scraped_until_kept(&s.addr);
+    replace(&text);
+    settle();
+    for _ in 0..2 {
+        assert_eq!(home_snapshots(&s.addr), one);
+    }
+}
+
+/// Review of session 50 (MEDIUM-3 c, MEDIUM-2): what serve reads of a store IS kept
+/// while its stamp is unchanged (a run record edited in place changes no stamped item:
+/// the kept record is given), and not longer than the longest keep
+/// (`SNAPRING_SERVE_MAX_KEEP_MS`, test-only, here 10 s; 60 s otherwise), after which
+/// the store is read afresh and the edit shows.
+#[test]
+fn a_stores_reading_is_kept_under_its_stamp_and_no_longer_than_the_longest_keep() {
+    let f = fixture();
+    let dest = f.t.path().join("dest");
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    write(&f.t.path().join("src/d0/second"), b"2");
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let rec = newest_record(&dest);
+    let id = rec["id"].as_str().unwrap();
+    // The catalog missed the run: serve shows it from its store record.
+    let db = rusqlite::Connection::open(&f.catalog).unwrap();
+    assert_eq!(
+        db.execute("DELETE FROM runs WHERE id = ?1", [id]).unwrap(),
+        1
+    );
+    drop(db);
+    settle();
+    let s = serve(
+        &f,
+        "127.0.0.1:0",
+        &[],
+        &[("SNAPRING_SERVE_MAX_KEEP_MS", "10000")],
+    );
+    let status = || {
+        let m = get(&s.addr, "/metrics").body;
+        assert_eq!(home_series(&m, "snapring_catalog_behind"), Some(1.0), "{m}");
+        let home = home_of_api(&s.addr);
+        assert_eq!(home["last"]["id"], rec["id"], "{home}");
+        home["last"]["status"].as_str().unwrap().to_string()
+    };
+    assert_eq!(status(), "complete");
+    settle();
+    // Read and kept now (the stamp seen 2 s before).
+    assert_eq!(status(), "complete");
+    let kept_at = std::time::Instant::now();
+    let path = dest.join(format!(".snapring/runs/{id}.json"));
+    let mut edited = rec.clone();
+    edited["status"] = serde_json::json!("failed");
+    std::fs::write(&path, serde_json::to_vec_pretty(&edited).unwrap()).unwrap();
+    assert_eq!(status(), "complete", "kept: the stamp is unchanged");
+    settle();
+    assert_eq!(status(), "complete", "kept: the stamp is unchanged");
+    assert!(
+        kept_at.elapsed() < std::time::Duration::from_secs(9),
+        "too slow a machine for this test's 10 s"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(10).saturating_sub(kept_at.elapsed()));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(status(), "failed", "read afresh after the longest keep");
 }

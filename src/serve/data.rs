@@ -161,8 +161,11 @@ impl Summaries {
             .map(|(name, jc)| {
                 let store = store_of(jc).unwrap_or_default();
                 // Taken once for this request, for both reads of the store it keeps.
-                let look = (!store.as_os_str().is_empty() && !is_repository(&store))
-                    .then(|| Look::at(&store, std::time::SystemTime::now()));
+                let look = (!store.as_os_str().is_empty() && !is_repository(&store)).then(|| {
+                    let mut l = Look::at(&store, std::time::SystemTime::now());
+                    l.stamp = self.kept.trust(&store, l.stamp, std::time::Instant::now());
+                    l
+                });
                 let stamp = look.as_ref().and_then(|l| l.stamp);
                 let kept = look.as_ref().map(|l| (&mut self.kept, l));
                 let mut v = view(name, store, jc, None, now, Depth::Summary, kept);
@@ -370,7 +373,7 @@ fn newest_store_run(store: &Path, name: &str) -> Option<RunReport> {
 /// is as it was when they were read. A request then costs a few `stat`s a store (and
 /// its `statvfs`, read afresh: free space changes with no directory changing).
 ///
-/// Everything those reads depend on changes a stamped directory or file: a snapshot
+/// The changes those reads are meant to follow change a stamped directory or file: a snapshot
 /// published, rotated, expired or removed by hand renames or removes an entry of the
 /// root; a run record created or rewritten is renamed into `runs/`; `snapshots.json`,
 /// `store.json` and the rotation journal are written by a rename into `.snapring/`
@@ -378,20 +381,47 @@ fn newest_store_run(store: &Path, name: &str) -> Option<RunReport> {
 /// themselves too, for an edit in place; a copied store's manifests (which give its
 /// snapshots their records) arrive in `manifests/`. The change time is in each stamp:
 /// a tool that sets a directory's modification time back (`rsync -a`, `touch -d`)
-/// moves its change time on. A stamp with a time less than [`SETTLED`] before the
-/// request is not trusted (a second change within the file system's tick of time would
-/// leave it as it was): what is read then is not kept, and the next request reads
-/// again (so a store a run is writing is read afresh until it has been quiet for
-/// [`SETTLED`]).
+/// moves its change time on. A stamp is not trusted (a second change within the file
+/// system's tick of time would leave it as it was) while any of its times is less than
+/// [`SETTLED`] before the request by the local clock, nor until the same stamp was
+/// already taken at a request [`SETTLED`] or more before by the monotonic clock (the
+/// first rule alone protects nothing when the file server's clock is behind ours):
+/// what is read then is not kept, and the next request reads again (so a store a run
+/// is writing is read afresh until it has been quiet for [`SETTLED`]). What a read
+/// passed over or could not read is not in any stamp: hence [`MAX_KEEP`].
 ///
 /// Not stamped: a snapshot directory's own modification time, shown (as its time) only
 /// for a tree without a record (taken over from another tool) and read again when the
 /// root changes; the trees' contents, which serve never reads but for a copied tree's
 /// check against its manifest, made once per process anyway.
+///
+/// Trusted only once seen: a stamp is kept under only when the same stamp was taken at
+/// an earlier request at least [`SETTLED`] before, by this process's monotonic clock
+/// ([`Kept::trust`]), whatever the file times say (an NFS server's clock behind ours
+/// would make them look old at once). And nothing is kept longer than [`max_keep`]
+/// (60 s): what was read is read afresh then, whatever the stamp, so that a change no
+/// stamp tells (a snapshot directory that could not be `lstat`ed and was passed over,
+/// a journal or run record that could not be read, read as none) is seen within it.
 #[derive(Default)]
 struct Kept {
-    snapshots: HashMap<PathBuf, (StoreStamp, Listed)>,
-    runs: HashMap<(PathBuf, String), (StoreStamp, Option<RunReport>)>,
+    snapshots: HashMap<PathBuf, (StoreStamp, Instant, Listed)>,
+    runs: HashMap<(PathBuf, String), (StoreStamp, Instant, Option<RunReport>)>,
+    /// Each store's stamp as first taken, and when (monotonic).
+    seen: HashMap<PathBuf, (StoreStamp, Instant)>,
+}
+
+use std::time::Instant;
+
+/// How long what is read of a store is kept at most ([`Kept`]), whatever its stamp.
+const MAX_KEEP: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// [`MAX_KEEP`], or `SNAPRING_SERVE_MAX_KEEP_MS` (for the tests only: a short one
+/// shows what is kept, and that it goes).
+fn max_keep() -> std::time::Duration {
+    std::env::var("SNAPRING_SERVE_MAX_KEEP_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(MAX_KEEP, std::time::Duration::from_millis)
 }
 
 /// How long before a request the times of a store's stamp must be for what is read
@@ -527,6 +557,30 @@ struct Listed {
 }
 
 impl Kept {
+    /// `stamp` (of `store`, taken for the request at `now`), when it can be trusted:
+    /// the same stamp was taken at least [`SETTLED`] before `now`, by the monotonic
+    /// clock. A stamp new or changed is noted, and `None` (read afresh, nothing kept).
+    fn trust(
+        &mut self,
+        store: &Path,
+        stamp: Option<StoreStamp>,
+        now: Instant,
+    ) -> Option<StoreStamp> {
+        let Some(stamp) = stamp else {
+            self.seen.remove(store);
+            return None;
+        };
+        match self.seen.get(store) {
+            Some((s, at)) if *s == stamp => {
+                (now.saturating_duration_since(*at) >= SETTLED).then_some(stamp)
+            }
+            _ => {
+                self.seen.insert(store.to_path_buf(), (stamp, now));
+                None
+            }
+        }
+    }
+
     /// [`newest_store_run`] of job `name` in `store`, kept while the store's stamp
     /// (`stamp`, taken for this request; `None`: not to be trusted) is unchanged.
     fn newest(&mut self, store: &Path, name: &str, stamp: Option<StoreStamp>) -> Option<RunReport> {
@@ -535,18 +589,20 @@ impl Kept {
             self.runs.remove(&key);
             return newest_store_run(store, name);
         };
-        if let Some((s, r)) = self.runs.get(&key)
+        if let Some((s, at, r)) = self.runs.get(&key)
             && *s == stamp
+            && at.elapsed() < max_keep()
         {
             return r.clone();
         }
         let r = newest_store_run(store, name);
-        self.runs.insert(key, (stamp, r.clone()));
+        self.runs.insert(key, (stamp, Instant::now(), r.clone()));
         r
     }
 
-    /// [`read_snapshots`] of `store`, kept while its stamp is unchanged (an error is
-    /// never kept: it may pass).
+    /// [`read_snapshots`] of `store`, kept while its stamp is unchanged, for
+    /// [`max_keep`] at most (an error it returns is never kept: it may pass; one it
+    /// passed over, such as a snapshot that could not be `lstat`ed, is, up to then).
     fn snapshots(
         &mut self,
         store: &Path,
@@ -556,8 +612,9 @@ impl Kept {
             self.snapshots.remove(store);
             return read_snapshots(store);
         };
-        if let Some((s, l)) = self.snapshots.get(store)
+        if let Some((s, at, l)) = self.snapshots.get(store)
             && *s == stamp
+            && at.elapsed() < max_keep()
         {
             return Ok(l.clone());
         }
@@ -565,7 +622,7 @@ impl Kept {
         match &l {
             Ok(l) => {
                 self.snapshots
-                    .insert(store.to_path_buf(), (stamp, l.clone()));
+                    .insert(store.to_path_buf(), (stamp, Instant::now(), l.clone()));
             }
             Err(_) => {
                 self.snapshots.remove(store);
@@ -1268,6 +1325,42 @@ mod tests {
         // The store gone: nothing, not what was kept.
         std::fs::remove_dir_all(store.join(".snapring")).unwrap();
         assert!(newest(&mut kept, later).is_none());
+    }
+
+    /// Session 50 review: a stamp whose file times look settled by the local clock (an
+    /// NFS server's clock behind ours makes them so at once) is not trusted until the
+    /// same stamp was taken at a request [`SETTLED`] or more before by the monotonic
+    /// clock; a changed stamp starts again; none forgets what was seen.
+    #[test]
+    fn a_stores_stamp_is_trusted_only_once_seen_settled_by_the_monotonic_clock() {
+        let t = tempfile::tempdir().unwrap();
+        let store = t.path();
+        std::fs::create_dir_all(store.join(".snapring/runs")).unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(10);
+        let a = Look::at(store, later).stamp;
+        assert!(a.is_some(), "the file times are settled by the clock given");
+        let mut kept = Kept::default();
+        let t0 = Instant::now();
+        let s = std::time::Duration::from_millis;
+        assert_eq!(kept.trust(store, a, t0), None, "first seen");
+        assert_eq!(
+            kept.trust(store, a, t0 + s(1999)),
+            None,
+            "seen 1.999 s before"
+        );
+        assert_eq!(kept.trust(store, a, t0 + s(2000)), a, "seen 2 s before");
+        assert_eq!(kept.trust(store, a, t0 + s(9000)), a);
+        // Changed: seen afresh.
+        std::fs::create_dir(store.join(".snapring/manifests")).unwrap();
+        let b = Look::at(store, later).stamp;
+        assert!(b.is_some() && b != a);
+        assert_eq!(kept.trust(store, b, t0 + s(9000)), None);
+        assert_eq!(kept.trust(store, b, t0 + s(10_000)), None);
+        assert_eq!(kept.trust(store, b, t0 + s(11_000)), b);
+        // Not to be trusted (a time too recent, unreadable): forgotten.
+        assert_eq!(kept.trust(store, None, t0 + s(12_000)), None);
+        assert_eq!(kept.trust(store, b, t0 + s(13_000)), None);
+        assert_eq!(kept.trust(store, b, t0 + s(15_000)), b);
     }
 
     /// Review (session 40): the check looks at the file system SQLite writes on: a
